@@ -1,0 +1,202 @@
+//! The shared state of one broker node.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use starling_protocol::{ErrorCode, Limits, Payload, Topic};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::metrics::{Metrics, Source};
+use crate::registry::TopicRegistry;
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Topics whose first token starts with `$` belong to the broker.
+    #[error("topic {0} is reserved for the broker")]
+    Reserved(Topic),
+}
+
+impl PublishError {
+    /// The protocol error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PublishError::Reserved(_) => ErrorCode::Unauthorized,
+        }
+    }
+}
+
+/// What a successful publish returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The offset the message got, when its topic keeps history.
+    pub offset: Option<u64>,
+    /// How many local subscriptions it reached.
+    pub subscribers: usize,
+}
+
+/// A connection's id, unique within a node's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    node_id: Arc<str>,
+    config: Config,
+    limits: Limits,
+    registry: TopicRegistry,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    shutting_down: AtomicBool,
+    connection_slots: Arc<Semaphore>,
+    next_conn_id: AtomicU64,
+}
+
+/// One broker node: its topics, its connections' limits and its metrics.
+/// Cheap to clone (a shared handle).
+#[derive(Debug, Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// A broker with this configuration.
+    pub fn new(config: Config) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let node_id: Arc<str> = match &config.node_id {
+            Some(id) => id.as_str().into(),
+            None => generate_node_id().into(),
+        };
+        let registry = TopicRegistry::new(config.subscriber_buffer, metrics.clone());
+        Broker {
+            shared: Arc::new(Shared {
+                node_id,
+                limits: config.limits(),
+                registry,
+                metrics,
+                shutdown: watch::Sender::new(false),
+                shutting_down: AtomicBool::new(false),
+                connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+                next_conn_id: AtomicU64::new(1),
+                config,
+            }),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &Arc<str> {
+        &self.shared.node_id
+    }
+
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The limits announced in `welcome`.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// The topic registry.
+    pub fn registry(&self) -> &TopicRegistry {
+        &self.shared.registry
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Publishes `payload` on `topic` for a client (WebSocket or HTTP).
+    /// Reserved (`$`) topics are refused.
+    pub fn publish(
+        &self,
+        topic: Topic,
+        payload: Payload,
+        source: Source,
+    ) -> Result<Published, PublishError> {
+        if topic.is_reserved() {
+            return Err(PublishError::Reserved(topic));
+        }
+        Ok(self.publish_unchecked(topic, payload, source))
+    }
+
+    /// Publishes without the reserved-topic check: for the broker's own topics.
+    pub(crate) fn publish_unchecked(
+        &self,
+        topic: Topic,
+        payload: Payload,
+        source: Source,
+    ) -> Published {
+        self.shared.metrics.published(source);
+        let delivery = Delivery::new(topic, payload, None, self.shared.node_id.clone());
+        let subscribers = self.shared.registry.publish(delivery);
+        Published {
+            offset: None,
+            subscribers,
+        }
+    }
+
+    /// Tells every connection to close with 1001 and refuses new ones.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every connection has closed, or `deadline` has passed.
+    /// Returns whether all closed.
+    pub async fn connections_closed(&self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, self.shared.shutdown.closed())
+            .await
+            .is_ok()
+    }
+
+    /// Takes a connection slot, when the limit allows one more.
+    pub(crate) fn try_admit(&self) -> Option<Admission> {
+        if self.is_shutting_down() {
+            return None;
+        }
+        let permit = self
+            .shared
+            .connection_slots
+            .clone()
+            .try_acquire_owned()
+            .ok()?;
+        Some(Admission {
+            id: ConnId(self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed)),
+            shutdown: self.shared.shutdown.subscribe(),
+            _permit: permit,
+        })
+    }
+}
+
+/// A connection's admission: its id, its slot under the connection limit and
+/// its shutdown signal. The slot is released when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) id: ConnId,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn generate_node_id() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("n-{:08x}", hasher.finish() as u32)
+}

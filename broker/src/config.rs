@@ -1,0 +1,172 @@
+//! Broker configuration: every setting is a command-line flag and an
+//! environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use starling_protocol::Limits;
+
+/// What happens to a subscriber that falls behind by more than its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowConsumerPolicy {
+    /// Drop the oldest messages for it and tell it with a `lagged` frame.
+    Lagged,
+    /// Close the connection with 4008.
+    Disconnect,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The broker's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "Starling: a pub/sub message broker over WebSockets"
+)]
+pub struct Config {
+    /// Address to listen on, for WebSocket (`/ws`) and HTTP alike.
+    #[arg(long, env = "STARLING_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+
+    /// This node's id, sent in `welcome` (default: generated at start).
+    #[arg(long, env = "STARLING_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Largest WebSocket message a client may send, in bytes, as encoded.
+    /// A message over it gets `message_too_large`; one over twice it is closed with 1009.
+    #[arg(long, env = "STARLING_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most subscriptions one connection may hold.
+    #[arg(long, env = "STARLING_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+
+    /// Most concurrent WebSocket connections; more are refused with HTTP 503.
+    #[arg(long, env = "STARLING_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Messages a subscriber may fall behind on a topic before it lags
+    /// (the capacity of each topic's broadcast ring).
+    #[arg(long, env = "STARLING_SUBSCRIBER_BUFFER", default_value_t = 1024)]
+    pub subscriber_buffer: usize,
+
+    /// Bytes written to a connection and not yet taken by its socket before the
+    /// broker stops pulling more messages for it (its outbound queue bound).
+    #[arg(long, env = "STARLING_OUTBOUND_QUEUE_BYTES", default_value_t = 64 * 1024)]
+    pub outbound_queue_bytes: usize,
+
+    /// Size of each connection's read buffer, in bytes.
+    #[arg(long, env = "STARLING_READ_BUFFER_BYTES", default_value_t = 4096)]
+    pub read_buffer_bytes: usize,
+
+    /// What to do with a subscriber that falls behind.
+    #[arg(long, env = "STARLING_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumerPolicy::Lagged)]
+    pub slow_consumer: SlowConsumerPolicy,
+
+    /// A connection whose socket takes nothing for this long while messages
+    /// wait is closed with 4008, in milliseconds.
+    #[arg(long, env = "STARLING_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// Interval of the broker's WebSocket pings, in milliseconds (0: none).
+    #[arg(long, env = "STARLING_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// A peer that sends nothing (not even a pong) for this long is closed
+    /// with 4000, in milliseconds (0: never).
+    #[arg(long, env = "STARLING_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Frames per second one connection may send (0: unlimited). Over it a
+    /// frame gets `rate_limited`; a connection that keeps going is closed with 4029.
+    #[arg(long, env = "STARLING_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// How long shutdown waits for clients to take their close frames, in milliseconds.
+    #[arg(long, env = "STARLING_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "STARLING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["starling"])
+    }
+}
+
+impl Config {
+    /// A configuration for tests and embedding: listens on an ephemeral
+    /// loopback port, otherwise the defaults.
+    pub fn ephemeral() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        }
+    }
+
+    /// The limits announced in `welcome`.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes as u64,
+            max_subscriptions: self.max_subscriptions as u64,
+            max_topic_bytes: starling_protocol::MAX_TOPIC_BYTES as u64,
+            subscriber_buffer: self.subscriber_buffer as u64,
+            ping_interval_ms: self.ping_interval_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+        }
+    }
+
+    /// The hard cap on an incoming message: over it the connection is closed with 1009.
+    pub(crate) fn hard_message_limit(&self) -> usize {
+        self.max_message_bytes.saturating_mul(2).max(64 * 1024)
+    }
+
+    pub(crate) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub(crate) fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.limits().max_message_bytes, 1024 * 1024);
+        assert_eq!(c.slow_consumer, SlowConsumerPolicy::Lagged);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::parse_from([
+            "starling",
+            "--listen",
+            "0.0.0.0:9000",
+            "--slow-consumer",
+            "disconnect",
+            "--max-subscriptions",
+            "3",
+        ]);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.slow_consumer, SlowConsumerPolicy::Disconnect);
+        assert_eq!(c.max_subscriptions, 3);
+    }
+}

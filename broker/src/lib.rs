@@ -1,0 +1,38 @@
+//! Starling: a pub/sub message broker over WebSockets.
+//!
+//! Clients connect to `/ws`, subscribe to topics and publish to them with a
+//! small envelope in JSON or MessagePack (see the `starling-protocol` crate).
+//! Every topic with subscribers has one broadcast channel; a published message
+//! is sent on it once and encoded at most once per codec, whatever the number
+//! of subscribers.
+//!
+//! Embedding a broker (this is also how the tests start one):
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let running = starling_broker::start(starling_broker::Config::ephemeral()).await?;
+//! println!("clients connect to {}", running.ws_url());
+//! running.shutdown().await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod broker;
+mod config;
+mod connection;
+mod delivery;
+mod metrics;
+mod rate;
+mod registry;
+mod server;
+mod stats;
+mod web;
+
+pub use broker::{Broker, ConnId, PublishError, Published};
+pub use config::{Config, LogFormat, SlowConsumerPolicy};
+pub use connection::IDLE_TIMEOUT_CLOSE;
+pub use delivery::Delivery;
+pub use metrics::{Metrics, Source};
+pub use registry::TopicRegistry;
+pub use server::{RunningBroker, router, serve, start};
+pub use stats::STATS_TOPIC;

@@ -1,0 +1,230 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Hot-path counts (messages and bytes delivered) are kept per connection and
+//! added here once per write batch, so a delivery costs no shared atomic.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use starling_protocol::ErrorCode;
+
+/// The `code` label of error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CodeLabel {
+    code: &'static str,
+}
+
+/// The `source` label of the published-messages counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabel {
+    source: &'static str,
+}
+
+/// The `code` label of close counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CloseLabel {
+    code: u16,
+}
+
+/// Where a published message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A WebSocket `publish` frame.
+    WebSocket,
+    /// `POST /api/publish`.
+    Http,
+    /// The broker itself (`$sys` topics).
+    Broker,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::WebSocket => "ws",
+            Source::Http => "http",
+            Source::Broker => "broker",
+        }
+    }
+}
+
+/// The broker's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) connections: Gauge,
+    pub(crate) connections_total: Counter,
+    pub(crate) connections_refused: Counter,
+    pub(crate) subscriptions: Gauge,
+    pub(crate) topics: Gauge,
+    published: Family<SourceLabel, Counter>,
+    published_total: Counter,
+    pub(crate) delivered: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) bytes_out: Counter,
+    pub(crate) lagged_events: Counter,
+    pub(crate) lagged_messages: Counter,
+    errors: Family<CodeLabel, Counter>,
+    closes: Family<CloseLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered under the `starling_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("starling");
+        let m = Metrics {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_refused: Counter::default(),
+            subscriptions: Gauge::default(),
+            topics: Gauge::default(),
+            published: Family::default(),
+            published_total: Counter::default(),
+            delivered: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            lagged_events: Counter::default(),
+            lagged_messages: Counter::default(),
+            errors: Family::default(),
+            closes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "WebSocket upgrades refused (connection limit or shutdown)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Live subscriptions",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "topics",
+            "Topics and patterns with subscribers",
+            m.topics.clone(),
+        );
+        registry.register(
+            "messages_published",
+            "Messages published",
+            m.published.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages written to subscribers",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes of WebSocket messages received",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Bytes of WebSocket messages sent",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "lagged_events",
+            "Times a subscriber fell behind and was sent `lagged`",
+            m.lagged_events.clone(),
+        );
+        registry.register(
+            "lagged_messages",
+            "Messages dropped for subscribers that fell behind",
+            m.lagged_messages.clone(),
+        );
+        registry.register(
+            "errors",
+            "Error frames and HTTP errors sent, by code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "closes",
+            "Connections closed by the broker, by close code",
+            m.closes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one published message.
+    pub(crate) fn published(&self, source: Source) {
+        self.published
+            .get_or_create(&SourceLabel {
+                source: source.label(),
+            })
+            .inc();
+        self.published_total.inc();
+    }
+
+    /// Messages published since start, from every source.
+    pub fn published_total(&self) -> u64 {
+        self.published_total.get()
+    }
+
+    /// Counts one error answered with `code`.
+    pub(crate) fn error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts one close sent with `code`.
+    pub(crate) fn close(&self, code: u16) {
+        self.closes.get_or_create(&CloseLabel { code }).inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_text() {
+        let m = Metrics::new();
+        m.published(Source::Http);
+        m.error(ErrorCode::InvalidTopic);
+        m.delivered.inc_by(3);
+        let text = m.encode();
+        assert!(
+            text.contains("starling_messages_published_total{source=\"http\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starling_errors_total{code=\"invalid_topic\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starling_messages_delivered_total 3"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

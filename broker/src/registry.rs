@@ -1,0 +1,201 @@
+//! The topic registry: one broadcast channel per topic (and per pattern) with
+//! subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use starling_protocol::{Filter, Topic};
+use tokio::sync::broadcast;
+
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+
+/// The receiving end of a subscription.
+pub(crate) type DeliveryReceiver = broadcast::Receiver<Arc<Delivery>>;
+
+#[derive(Debug)]
+struct Channel {
+    tx: broadcast::Sender<Arc<Delivery>>,
+    subscribers: usize,
+}
+
+/// Every topic and pattern that has subscribers, with its broadcast channel.
+///
+/// A channel is created on the first subscribe and removed when its last
+/// subscriber leaves, so topics nobody listens to cost nothing. A publish is
+/// one `send` per channel it reaches, whatever the number of subscribers.
+#[derive(Debug)]
+pub struct TopicRegistry {
+    topics: DashMap<Topic, Channel>,
+    patterns: DashMap<Filter, Channel>,
+    pattern_count: AtomicUsize,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl TopicRegistry {
+    /// A registry whose channels hold `capacity` messages per subscriber.
+    pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        TopicRegistry {
+            topics: DashMap::new(),
+            patterns: DashMap::new(),
+            pattern_count: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            metrics,
+        }
+    }
+
+    /// Registers one subscriber of `filter` and returns its receiver, which
+    /// sees every message published from now on.
+    pub(crate) fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
+        let rx = match filter.as_topic() {
+            Some(topic) => self.add_subscriber(&self.topics, topic),
+            None => {
+                let rx = self.add_subscriber(&self.patterns, filter.clone());
+                self.pattern_count
+                    .store(self.patterns.len(), Ordering::Relaxed);
+                rx
+            }
+        };
+        self.metrics.subscriptions.inc();
+        rx
+    }
+
+    fn add_subscriber<K: std::hash::Hash + Eq>(
+        &self,
+        map: &DashMap<K, Channel>,
+        key: K,
+    ) -> DeliveryReceiver {
+        let mut channel = map.entry(key).or_insert_with(|| {
+            self.metrics.topics.inc();
+            Channel {
+                tx: broadcast::channel(self.capacity).0,
+                subscribers: 0,
+            }
+        });
+        channel.subscribers += 1;
+        channel.tx.subscribe()
+    }
+
+    /// Removes one subscriber of `filter`; the channel goes when it was the last.
+    pub(crate) fn unsubscribe(&self, filter: &Filter) {
+        match filter.as_topic() {
+            Some(topic) => self.remove_subscriber(&self.topics, &topic),
+            None => {
+                self.remove_subscriber(&self.patterns, filter);
+                self.pattern_count
+                    .store(self.patterns.len(), Ordering::Relaxed);
+            }
+        }
+        self.metrics.subscriptions.dec();
+    }
+
+    fn remove_subscriber<K: std::hash::Hash + Eq>(&self, map: &DashMap<K, Channel>, key: &K) {
+        if let Some(mut channel) = map.get_mut(key) {
+            channel.subscribers = channel.subscribers.saturating_sub(1);
+        }
+        if map
+            .remove_if(key, |_, channel| channel.subscribers == 0)
+            .is_some()
+        {
+            self.metrics.topics.dec();
+        }
+    }
+
+    /// Sends `delivery` to the subscribers of its topic and of every pattern
+    /// that matches it. Returns how many subscriptions it reached.
+    pub(crate) fn publish(&self, delivery: Delivery) -> usize {
+        let mut reached = 0;
+        if self.pattern_count.load(Ordering::Relaxed) > 0 {
+            for entry in self.patterns.iter() {
+                if entry.key().matches(delivery.topic.as_str()) {
+                    let through = delivery.through_pattern(entry.key().clone());
+                    reached += entry.tx.send(Arc::new(through)).unwrap_or(0);
+                }
+            }
+        }
+        if let Some(channel) = self.topics.get(delivery.topic.as_str()) {
+            reached += channel.tx.send(Arc::new(delivery)).unwrap_or(0);
+        }
+        reached
+    }
+
+    /// Whether a message on `topic` would reach anyone on this node.
+    pub fn has_subscribers(&self, topic: &Topic) -> bool {
+        self.topics.contains_key(topic.as_str())
+            || (self.pattern_count.load(Ordering::Relaxed) > 0
+                && self
+                    .patterns
+                    .iter()
+                    .any(|e| e.key().matches(topic.as_str())))
+    }
+
+    /// How many topics and patterns have subscribers.
+    pub fn len(&self) -> usize {
+        self.topics.len() + self.patterns.len()
+    }
+
+    /// Whether no topic has subscribers.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many subscribers `filter` has on this node.
+    pub fn subscribers(&self, filter: &Filter) -> usize {
+        match filter.as_topic() {
+            Some(topic) => self.topics.get(&topic).map_or(0, |c| c.subscribers),
+            None => self.patterns.get(filter).map_or(0, |c| c.subscribers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_protocol::Payload;
+
+    fn registry() -> TopicRegistry {
+        TopicRegistry::new(16, Arc::new(Metrics::new()))
+    }
+
+    fn delivery(topic: &str) -> Delivery {
+        Delivery::new(
+            Topic::new(topic).unwrap(),
+            Payload::from_json("1").unwrap(),
+            None,
+            "n".into(),
+        )
+    }
+
+    #[test]
+    fn empty_topics_are_removed() {
+        let r = registry();
+        let f = Filter::new("a.b").unwrap();
+        let _rx1 = r.subscribe(&f);
+        let _rx2 = r.subscribe(&f);
+        assert_eq!((r.len(), r.subscribers(&f)), (1, 2));
+        r.unsubscribe(&f);
+        assert_eq!(r.len(), 1);
+        r.unsubscribe(&f);
+        assert!(r.is_empty());
+        assert_eq!(r.metrics.topics.get(), 0);
+        assert_eq!(r.metrics.subscriptions.get(), 0);
+    }
+
+    #[test]
+    fn publish_reaches_topic_and_matching_patterns() {
+        let r = registry();
+        let mut exact = r.subscribe(&Filter::new("m.cpu").unwrap());
+        let mut star = r.subscribe(&Filter::new("m.*").unwrap());
+        let mut other = r.subscribe(&Filter::new("x.*").unwrap());
+        assert_eq!(r.publish(delivery("m.cpu")), 2);
+        assert_eq!(exact.try_recv().unwrap().sub, None);
+        assert_eq!(
+            star.try_recv().unwrap().sub.as_ref().map(Filter::as_str),
+            Some("m.*")
+        );
+        assert!(other.try_recv().is_err());
+        assert_eq!(r.publish(delivery("nobody.here")), 0);
+    }
+}

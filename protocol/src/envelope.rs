@@ -1,0 +1,206 @@
+//! The frames of the wire protocol, both directions.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Filter, Payload, Topic};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The limits in force on a connection, announced in `welcome`.
+///
+/// Unknown fields from a newer broker are ignored and missing ones take their
+/// defaults, so old clients work with new brokers and the reverse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// The largest WebSocket message a client may send, as encoded.
+    pub max_message_bytes: u64,
+    /// The most subscriptions one connection may hold.
+    pub max_subscriptions: u64,
+    /// The longest topic or pattern, in bytes.
+    pub max_topic_bytes: u64,
+    /// How many messages a subscription may fall behind before it gets `lagged`.
+    pub subscriber_buffer: u64,
+    /// The interval of the broker's WebSocket pings, in milliseconds (0: none).
+    pub ping_interval_ms: u64,
+    /// How long the broker waits for any frame before it closes an idle peer,
+    /// in milliseconds (0: forever).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_subscriptions: 1024,
+            max_topic_bytes: crate::MAX_TOPIC_BYTES as u64,
+            subscriber_buffer: 1024,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// The codec named in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodecName {
+    /// `starling.v1.json`
+    Json,
+    /// `starling.v1.msgpack`
+    Msgpack,
+}
+
+/// One wire message, in either direction.
+///
+/// Client to broker: `Subscribe`, `Unsubscribe`, `Publish`, `Ping`.
+/// Broker to client: `Welcome`, `Message`, `Ack`, `Error`, `Lagged`, `Pong`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Envelope {
+    /// Start receiving messages on a topic or pattern.
+    Subscribe {
+        /// Correlation id, answered by one `ack` or `error`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The topic or pattern.
+        topic: Filter,
+        /// Replay retained messages with an offset greater than this one first.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// Stop receiving messages on a topic or pattern.
+    Unsubscribe {
+        /// Correlation id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The topic or pattern, as it was subscribed.
+        topic: Filter,
+    },
+    /// Send a payload to every subscriber of a topic.
+    Publish {
+        /// Correlation id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The concrete topic.
+        topic: Topic,
+        /// Any JSON or MessagePack value.
+        payload: Payload,
+    },
+    /// Application-level keepalive; answered by `pong`.
+    Ping {
+        /// Correlation id, echoed in the `pong`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// The first frame on every connection.
+    Welcome {
+        /// Protocol version (1).
+        version: u32,
+        /// The broker node's id.
+        node: Arc<str>,
+        /// The codec in use on this connection.
+        codec: CodecName,
+        /// The limits in force.
+        limits: Limits,
+    },
+    /// A delivered message.
+    Message {
+        /// The concrete topic it was published to.
+        topic: Topic,
+        /// The payload as published.
+        payload: Payload,
+        /// The message's offset, when the topic keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The pattern that matched, when it differs from `topic`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sub: Option<Filter>,
+    },
+    /// The frame with this id succeeded.
+    Ack {
+        /// The id of the frame.
+        id: u64,
+        /// For a publish on a topic with history, the offset it got.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
+    /// A frame failed; the connection stays open.
+    Error {
+        /// The id of the frame, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The stable error code.
+        code: ErrorCode,
+        /// A message for people.
+        message: String,
+    },
+    /// The subscriber fell behind and `missed` messages were dropped for it.
+    Lagged {
+        /// The subscription (topic or pattern) that fell behind.
+        topic: Filter,
+        /// How many messages were lost.
+        missed: u64,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The id of the `ping`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl Envelope {
+    /// The frame's `type` on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Envelope::Subscribe { .. } => "subscribe",
+            Envelope::Unsubscribe { .. } => "unsubscribe",
+            Envelope::Publish { .. } => "publish",
+            Envelope::Ping { .. } => "ping",
+            Envelope::Welcome { .. } => "welcome",
+            Envelope::Message { .. } => "message",
+            Envelope::Ack { .. } => "ack",
+            Envelope::Error { .. } => "error",
+            Envelope::Lagged { .. } => "lagged",
+            Envelope::Pong { .. } => "pong",
+        }
+    }
+
+    /// Whether a client may send this frame to the broker.
+    pub fn is_client_frame(&self) -> bool {
+        matches!(
+            self,
+            Envelope::Subscribe { .. }
+                | Envelope::Unsubscribe { .. }
+                | Envelope::Publish { .. }
+                | Envelope::Ping { .. }
+        )
+    }
+
+    /// The correlation id of a client frame.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Envelope::Subscribe { id, .. }
+            | Envelope::Unsubscribe { id, .. }
+            | Envelope::Publish { id, .. }
+            | Envelope::Ping { id }
+            | Envelope::Pong { id }
+            | Envelope::Error { id, .. } => *id,
+            Envelope::Ack { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// An `error` frame.
+    pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Envelope::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The JSON bodies of the HTTP API (`POST /api/publish` and error answers).
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CodecError, ErrorCode, Payload, Topic};
+
+/// The body of `POST /api/publish`: `{"topic": "...", "payload": ...}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishRequest {
+    /// The concrete topic.
+    pub topic: Topic,
+    /// Any JSON value.
+    pub payload: Payload,
+}
+
+#[derive(Deserialize)]
+struct RawPublish<'a> {
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "crate::codec::some_payload")]
+    payload: Option<Payload>,
+}
+
+impl PublishRequest {
+    /// Decodes a request body. Errors carry the protocol code to answer with
+    /// (`bad_frame` for a body that does not parse, `invalid_topic`).
+    ///
+    /// ```
+    /// use starling_protocol::http::PublishRequest;
+    /// let req = PublishRequest::from_json(br#"{"topic":"chat.lobby","payload":{"text":"hi"}}"#).unwrap();
+    /// assert_eq!(req.topic.as_str(), "chat.lobby");
+    /// ```
+    pub fn from_json(body: &[u8]) -> Result<Self, CodecError> {
+        let malformed = |reason: String| CodecError::Malformed { id: None, reason };
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(malformed("the body must be a JSON object".into()));
+        }
+        let raw: RawPublish<'_> =
+            serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+        let topic = raw
+            .topic
+            .ok_or_else(|| malformed("missing field `topic`".into()))?;
+        let topic =
+            Topic::new(&topic).map_err(|source| CodecError::InvalidTopic { id: None, source })?;
+        let payload = raw
+            .payload
+            .ok_or_else(|| malformed("missing field `payload`".into()))?;
+        Ok(PublishRequest { topic, payload })
+    }
+
+    /// Encodes the request as a JSON body.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            topic: &'a Topic,
+            payload: &'a Payload,
+        }
+        serde_json::to_string(&Body {
+            topic: &self.topic,
+            payload: &self.payload,
+        })
+        .expect("a topic and a payload always encode")
+    }
+}
+
+/// An HTTP error body: `{"code": "...", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable snake_case code: one of PROTOCOL.md's, or an HTTP-only one
+    /// (`not_found`, `method_not_allowed`, `unsupported_subprotocol`,
+    /// `too_many_connections`, `shutting_down`, `not_websocket`).
+    pub code: Cow<'static, str>,
+    /// A message for people.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body with a protocol error code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: Cow::Borrowed(code.as_str()),
+            message: message.into(),
+        }
+    }
+
+    /// An error body with an HTTP-only code.
+    pub fn other(code: &'static str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: Cow::Borrowed(code),
+            message: message.into(),
+        }
+    }
+
+    /// The body as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an error body always encodes")
+    }
+}
+
+/// The body of `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, or `shutting_down` (with HTTP 503).
+    pub status: Cow<'static, str>,
+    /// The node id.
+    pub node: String,
+    /// Open WebSocket connections.
+    pub connections: u64,
+}
+
+/// Encodes any serializable value as a JSON body (for the broker's small
+/// HTTP answers, such as `/healthz`).
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("HTTP answers are plain data and always encode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_request_errors_have_codes() {
+        let code = |b: &str| PublishRequest::from_json(b.as_bytes()).unwrap_err().code();
+        assert_eq!(code("nope"), ErrorCode::BadFrame);
+        assert_eq!(code("{\"topic\":1,\"payload\":1}"), ErrorCode::BadFrame);
+        assert_eq!(code("{\"payload\":1}"), ErrorCode::BadFrame);
+        assert_eq!(code("{\"topic\":\"a\"}"), ErrorCode::BadFrame);
+        assert_eq!(
+            code("{\"topic\":\"a..b\",\"payload\":1}"),
+            ErrorCode::InvalidTopic
+        );
+        let ok = PublishRequest::from_json(b"{\"topic\":\"a\",\"payload\":null}").unwrap();
+        assert_eq!(ok.payload.to_json_string(), "null");
+        assert_eq!(ok.to_json(), "{\"topic\":\"a\",\"payload\":null}");
+    }
+
+    #[test]
+    fn error_body_json() {
+        assert_eq!(
+            ErrorBody::new(ErrorCode::InvalidTopic, "bad").to_json(),
+            r#"{"code":"invalid_topic","message":"bad"}"#
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The Starling wire protocol: frames, codecs, topics and codes.
+//!
+//! This crate is pure: it has no I/O. The broker and the client SDK both use it,
+//! so the two sides agree on every byte.
+//!
+//! ```
+//! use starling_protocol::{Codec, Envelope, Frame, Payload, Topic};
+//!
+//! let publish = Envelope::Publish {
+//!     id: Some(2),
+//!     topic: Topic::new("chat.lobby").unwrap(),
+//!     payload: Payload::from_json(r#"{"user":"ada","text":"hi"}"#).unwrap(),
+//! };
+//! let frame = Codec::Json.encode(&publish).unwrap();
+//! assert_eq!(
+//!     frame,
+//!     Frame::Text(r#"{"type":"publish","id":2,"topic":"chat.lobby","payload":{"user":"ada","text":"hi"}}"#.into())
+//! );
+//! assert_eq!(Codec::Json.decode(&frame).unwrap(), publish);
+//! ```
+#![warn(missing_docs)]
+
+mod codec;
+mod codes;
+mod envelope;
+pub mod http;
+mod payload;
+mod topic;
+
+pub use codec::{
+    Codec, CodecError, Frame, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, NegotiationError,
+};
+pub use codes::{CloseCode, ErrorCode};
+pub use envelope::{CodecName, Envelope, Limits, PROTOCOL_VERSION};
+pub use payload::{Payload, Value};
+pub use topic::{Filter, MAX_TOPIC_BYTES, Topic, TopicError};

@@ -1,0 +1,424 @@
+//! Message payloads: any JSON value or any MessagePack value.
+//!
+//! A [`Payload`] keeps the form it arrived in, so that the common case (JSON in,
+//! JSON out) copies the publisher's text through without building a tree. A
+//! payload is converted to the other codec's form at most once per message, in
+//! the broker's per-codec encoding cache.
+//!
+//! Across codecs the mapping is one to one except for MessagePack `bin`, which
+//! JSON has no type for: a JSON subscriber sees each `bin` as
+//! `{"$bin": "<standard base64>"}`. A MessagePack `ext` value is shown to JSON
+//! subscribers as `{"$ext": <type>, "$bin": "<base64>"}`. MessagePack map keys
+//! that are not strings become their JSON text (`1` becomes `"1"`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// A self-describing value that can hold everything MessagePack can.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `null` / `nil`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A negative integer (non-negative ones are [`Value::UInt`]).
+    Int(i64),
+    /// A non-negative integer.
+    UInt(u64),
+    /// A floating-point number.
+    Float(f64),
+    /// A UTF-8 string.
+    Str(String),
+    /// MessagePack `bin`.
+    Bin(Vec<u8>),
+    /// An array.
+    Array(Vec<Value>),
+    /// A map, in the order its entries arrived. Keys may be any value.
+    Map(Vec<(Value, Value)>),
+    /// MessagePack `ext`: a type tag and its bytes.
+    Ext(i8, Vec<u8>),
+}
+
+impl Value {
+    /// Whether this value is, or contains, binary data (`bin` or `ext`).
+    pub fn contains_binary(&self) -> bool {
+        match self {
+            Value::Bin(_) | Value::Ext(..) => true,
+            Value::Array(items) => items.iter().any(Value::contains_binary),
+            Value::Map(entries) => entries
+                .iter()
+                .any(|(k, v)| k.contains_binary() || v.contains_binary()),
+            _ => false,
+        }
+    }
+
+    fn json_key(&self) -> String {
+        match self {
+            Value::Str(s) => s.clone(),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let human = s.is_human_readable();
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::UInt(u) => s.serialize_u64(*u),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Str(v) => s.serialize_str(v),
+            Value::Bin(bytes) if human => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("$bin", &base64_encode(bytes))?;
+                map.end()
+            }
+            Value::Bin(bytes) => s.serialize_bytes(bytes),
+            Value::Ext(tag, bytes) if human => {
+                let mut map = s.serialize_map(Some(2))?;
+                map.serialize_entry("$ext", tag)?;
+                map.serialize_entry("$bin", &base64_encode(bytes))?;
+                map.end()
+            }
+            Value::Ext(tag, bytes) => s.serialize_newtype_struct(
+                rmp_serde::MSGPACK_EXT_STRUCT_NAME,
+                &(tag, ExtBytes(bytes)),
+            ),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Value::Map(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    if human {
+                        map.serialize_entry(&k.json_key(), v)?;
+                    } else {
+                        map.serialize_entry(k, v)?;
+                    }
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+struct ExtBytes<'a>(&'a [u8]);
+
+impl Serialize for ExtBytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON or MessagePack value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(if v >= 0 {
+            Value::UInt(v as u64)
+        } else {
+            Value::Int(v)
+        })
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::UInt(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        Ok(Value::Bin(v.to_vec()))
+    }
+    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
+        Ok(Value::Bin(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Value::Map(entries))
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        // rmp-serde presents MessagePack `ext` as a newtype holding (tag, bytes).
+        d.deserialize_seq(ExtVisitor)
+    }
+}
+
+struct ExtVisitor;
+
+impl<'de> Visitor<'de> for ExtVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a MessagePack ext value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let tag: i8 = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        let bytes = seq
+            .next_element_seed(BytesSeed)?
+            .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+        Ok(Value::Ext(tag, bytes))
+    }
+}
+
+struct BytesSeed;
+
+impl<'de> DeserializeSeed<'de> for BytesSeed {
+    type Value = Vec<u8>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        struct BytesVisitor;
+        impl Visitor<'_> for BytesVisitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(BytesVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+#[derive(Clone)]
+enum Repr {
+    /// JSON text as the publisher sent it (validated, not parsed into a tree).
+    Json(Arc<RawValue>),
+    /// A decoded tree (from MessagePack, or built by an application).
+    Value(Arc<Value>),
+}
+
+/// The payload of a `publish` or `message`: any JSON or MessagePack value.
+///
+/// Cheap to clone: the data is shared.
+#[derive(Clone)]
+pub struct Payload(Repr);
+
+impl Payload {
+    /// A payload from JSON text. Fails when `json` is not one JSON value.
+    ///
+    /// ```
+    /// use starling_protocol::Payload;
+    /// let p = Payload::from_json(r#"{"user":"ada"}"#).unwrap();
+    /// assert_eq!(p.to_json_string(), r#"{"user":"ada"}"#);
+    /// ```
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        let raw = RawValue::from_string(json.trim().to_owned())?;
+        Ok(Self(Repr::Json(Arc::from(raw))))
+    }
+
+    /// A payload from any serializable value, encoded as JSON text.
+    pub fn to_json_payload<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        let raw = serde_json::value::to_raw_value(value)?;
+        Ok(Self(Repr::Json(Arc::from(raw))))
+    }
+
+    /// A payload holding `value`.
+    pub fn from_value(value: Value) -> Self {
+        Self(Repr::Value(Arc::new(value)))
+    }
+
+    /// The payload as a [`Value`] tree (parses JSON text when needed).
+    pub fn to_value(&self) -> Value {
+        match &self.0 {
+            Repr::Json(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            Repr::Value(v) => (**v).clone(),
+        }
+    }
+
+    /// The payload as JSON text, with `bin` shown as `{"$bin": "<base64>"}`.
+    pub fn to_json_string(&self) -> String {
+        match &self.0 {
+            Repr::Json(raw) => raw.get().to_owned(),
+            Repr::Value(v) => serde_json::to_string(&**v).unwrap_or_else(|_| "null".to_owned()),
+        }
+    }
+
+    /// The JSON text the publisher sent, when the payload arrived as JSON.
+    pub fn as_raw_json(&self) -> Option<&str> {
+        match &self.0 {
+            Repr::Json(raw) => Some(raw.get()),
+            Repr::Value(_) => None,
+        }
+    }
+
+    /// Decodes the payload into any deserializable type.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::CodecError> {
+        match &self.0 {
+            Repr::Json(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| crate::CodecError::Payload(e.to_string())),
+            Repr::Value(v) => {
+                let bytes = rmp_serde::to_vec(&**v)
+                    .map_err(|e| crate::CodecError::Payload(e.to_string()))?;
+                rmp_serde::from_slice(&bytes).map_err(|e| crate::CodecError::Payload(e.to_string()))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Json(raw) => write!(f, "Payload({})", raw.get()),
+            Repr::Value(v) => write!(f, "Payload({v:?})"),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Json(a), Repr::Json(b)) if a.get() == b.get() => true,
+            (Repr::Value(a), Repr::Value(b)) => a == b,
+            _ => self.to_value() == other.to_value(),
+        }
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Self::from_value(value)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Repr::Json(raw) if s.is_human_readable() => raw.serialize(s),
+            Repr::Json(raw) => {
+                let value: Value =
+                    serde_json::from_str(raw.get()).map_err(serde::ser::Error::custom)?;
+                value.serialize(s)
+            }
+            Repr::Value(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            // serde_json hands over the value's text without building a tree.
+            let raw = Box::<RawValue>::deserialize(d)?;
+            Ok(Self(Repr::Json(Arc::from(raw))))
+        } else {
+            Ok(Self::from_value(Value::deserialize(d)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_becomes_dollar_bin_in_json() {
+        let v = Value::Map(vec![
+            (Value::Str("img".into()), Value::Bin(vec![0, 1, 2, 255])),
+            (
+                Value::UInt(7),
+                Value::Array(vec![Value::Bin(b"hi".to_vec())]),
+            ),
+        ]);
+        let json = Payload::from_value(v).to_json_string();
+        assert_eq!(json, r#"{"img":{"$bin":"AAEC/w=="},"7":[{"$bin":"aGk="}]}"#);
+    }
+
+    #[test]
+    fn json_payload_survives_msgpack() {
+        let p = Payload::from_json(r#"{"a":[1,-2,3.5,"x",null,true]}"#).unwrap();
+        let bytes = rmp_serde::to_vec_named(&p).unwrap();
+        let back: Payload = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.to_json_string(), r#"{"a":[1,-2,3.5,"x",null,true]}"#);
+    }
+
+    #[test]
+    fn ext_survives_msgpack_and_shows_in_json() {
+        let v = Value::Ext(-1, vec![1, 2, 3, 4]);
+        let bytes = rmp_serde::to_vec_named(&v).unwrap();
+        let back: Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(
+            Payload::from_value(v).to_json_string(),
+            r#"{"$ext":-1,"$bin":"AQIDBA=="}"#
+        );
+    }
+
+    #[test]
+    fn typed_decode() {
+        #[derive(Deserialize, PartialEq, Debug)]
+        struct Chat {
+            user: String,
+            n: u32,
+        }
+        let json = Payload::from_json(r#"{"user":"ada","n":3}"#).unwrap();
+        let tree = Payload::from_value(json.to_value());
+        let want = Chat {
+            user: "ada".into(),
+            n: 3,
+        };
+        assert_eq!(json.decode::<Chat>().unwrap(), want);
+        assert_eq!(tree.decode::<Chat>().unwrap(), want);
+    }
+}
