@@ -38,6 +38,9 @@ use crate::registry::DeliveryReceiver;
 /// (An extension of PROTOCOL.md: 4000-4499 means the client may reconnect.)
 pub const IDLE_TIMEOUT_CLOSE: u16 = 4000;
 
+/// How long the broker waits for the peer's close frame after sending its own.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
 /// How many deliveries one subscription may hand over per wake-up before the
 /// task looks at its other work.
 const DRAIN_BUDGET: usize = 256;
@@ -611,8 +614,8 @@ where
     );
 }
 
-/// Writes what is queued (ending with our close frame), then waits for the
-/// peer's close frame so the client sees a clean close.
+/// Writes what is queued (ending with our close frame), then waits a moment
+/// for the peer's close frame, so the client sees a clean close.
 async fn close_handshake<W, R>(out: &mut Outbox, sink: &mut W, stream: &mut R)
 where
     W: Sink<Message, Error = WsError> + Unpin,
@@ -624,5 +627,8 @@ where
     {
         return;
     }
-    while let Some(Ok(_)) = stream.next().await {}
+    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
 }

@@ -260,6 +260,13 @@ impl Filter {
     }
 }
 
+impl std::str::FromStr for Filter {
+    type Err = TopicError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
 impl From<Topic> for Filter {
     fn from(topic: Topic) -> Self {
         Self {
