@@ -84,6 +84,7 @@ pub struct Client {
     /// The `welcome` frame the broker sent first.
     pub welcome: Envelope,
     next_id: u64,
+    pending: std::collections::VecDeque<Envelope>,
 }
 
 impl Client {
@@ -115,6 +116,7 @@ impl Client {
             codec: codec.unwrap_or(Codec::Json),
             welcome: Envelope::Ping { id: None },
             next_id: 1,
+            pending: Default::default(),
         };
         client.welcome = client.recv().await;
         assert!(
@@ -153,6 +155,13 @@ impl Client {
 
     /// Receives the next frame (WebSocket pings and pongs are skipped).
     pub async fn recv(&mut self) -> Envelope {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        self.recv_wire().await
+    }
+
+    async fn recv_wire(&mut self) -> Envelope {
         loop {
             let message = within("a frame", self.ws.next())
                 .await
@@ -208,15 +217,12 @@ impl Client {
         let id = envelope.id().expect("a request has an id");
         self.send(envelope).await;
         loop {
-            let frame = self.recv().await;
+            let frame = self.recv_wire().await;
             match &frame {
                 Envelope::Ack { id: got, .. } if *got == id => return frame,
                 Envelope::Error { id: Some(got), .. } if *got == id => return frame,
                 Envelope::Pong { id: Some(got) } if *got == id => return frame,
-                Envelope::Message { .. } | Envelope::Lagged { .. } => {
-                    panic!("unexpected {frame:?} while waiting for the answer to {id}")
-                }
-                _ => panic!("unexpected {frame:?} while waiting for the answer to {id}"),
+                _ => self.pending.push_back(frame),
             }
         }
     }
