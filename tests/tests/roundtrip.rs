@@ -48,7 +48,7 @@ async fn json_round_trip_matches_the_protocol_example() {
             .into(),
     )
     .await;
-    let mut got = vec![a.recv_raw().await.unwrap(), a.recv_raw().await.unwrap()];
+    let mut got = [a.recv_raw().await.unwrap(), a.recv_raw().await.unwrap()];
     got.sort_by_key(|m| m.to_text().unwrap().len());
     assert_eq!(got[0].to_text().unwrap(), r#"{"type":"ack","id":2}"#);
     assert_eq!(
