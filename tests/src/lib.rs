@@ -315,3 +315,373 @@ pub fn metric(text: &str, name: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Raises this process's open-file limit to at least `n` (as far as the hard
+/// limit allows), for tests that open many sockets.
+pub fn raise_fd_limit(n: u64) -> u64 {
+    rlimit::increase_nofile_limit(n).expect("raising RLIMIT_NOFILE")
+}
+
+impl TestBroker {
+    /// The address the broker listens on, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.running.addr
+    }
+}
+
+/// An HTTP answer: status, `Content-Type` and body.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type` header, empty when absent.
+    pub content_type: String,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// Sends `method url` with an optional body; returns status, content type and body.
+pub async fn http_request(method: &str, url: &str, body: Option<Vec<u8>>) -> HttpAnswer {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = within("http request", request.send())
+        .await
+        .expect("http request");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let body = within("http body", response.text()).await.expect("body");
+    HttpAnswer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// Polls `GET /metrics` until `name` reads `expected`; returns the last text.
+/// Fails the test when it does not within [`WAIT`].
+pub async fn wait_for_metric(http_url: &str, name: &str, expected: f64) -> String {
+    let url = format!("{http_url}/metrics");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, text) = http_get(&url).await;
+        assert_eq!(status, 200, "{text}");
+        let value = metric(&text, name);
+        if value == expected {
+            return text;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{name} is {value}, expected {expected}; /metrics:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Parses `json` (one JSON value) into a [`Value`](starling_protocol::Value).
+pub fn parse_json(json: &str) -> starling_protocol::Value {
+    Payload::from_json(json)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {json}"))
+        .to_value()
+}
+
+/// The field `key` of the JSON object `json`, when present.
+pub fn json_field(json: &str, key: &str) -> Option<starling_protocol::Value> {
+    match parse_json(json) {
+        starling_protocol::Value::Map(entries) => entries
+            .into_iter()
+            .find_map(|(k, v)| (k == starling_protocol::Value::Str(key.to_owned())).then_some(v)),
+        other => panic!("not a JSON object: {other:?}"),
+    }
+}
+
+/// The string field `key` of the JSON object `json`; fails the test when it
+/// is missing or not a string.
+pub fn json_str(json: &str, key: &str) -> String {
+    match json_field(json, key) {
+        Some(starling_protocol::Value::Str(s)) => s,
+        other => panic!("field {key:?} of {json} is not a string: {other:?}"),
+    }
+}
+
+/// Counts panics on the runtime's worker threads (where the broker's tasks
+/// run in `multi_thread` tests), from the first call on. Test code runs on the
+/// test's own thread, so a count above zero means a broker task panicked.
+pub fn worker_panics() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            if thread
+                .name()
+                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
+            {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+    PANICS.load(Ordering::SeqCst)
+}
+
+/// One frame read by [`RawWs`]: its first header byte and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    /// FIN, RSV1-3 and the opcode, as sent.
+    pub head: u8,
+    /// The unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The opcode (low four bits of the first byte).
+    pub fn opcode(&self) -> u8 {
+        self.head & 0x0f
+    }
+}
+
+/// A WebSocket client written by hand on a plain TCP stream, for sending what
+/// a correct WebSocket library refuses to send (invalid UTF-8, unmasked
+/// frames, reserved bits).
+pub struct RawWs {
+    tcp: TcpStream,
+    buffer: Vec<u8>,
+}
+
+/// The head of an HTTP answer read by hand: status line, headers and body.
+#[derive(Debug, Clone)]
+pub struct RawHttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Header lines, lowercased names, as `(name, value)`.
+    pub headers: Vec<(String, String)>,
+    /// The body (read up to `Content-Length`; empty for 101).
+    pub body: String,
+}
+
+impl RawHttpAnswer {
+    /// The value of header `name` (case-insensitive), when present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RawWs {
+    /// Sends a WebSocket upgrade request for `/ws` by hand, offering
+    /// `subprotocol` when given, and reads the answer. On 101 the returned
+    /// client is ready for frames (the `welcome` frame is not read yet).
+    pub async fn handshake(
+        addr: std::net::SocketAddr,
+        subprotocol: Option<&str>,
+    ) -> (RawHttpAnswer, RawWs) {
+        use tokio::io::AsyncWriteExt;
+        let tcp = within("tcp connect", TcpStream::connect(addr))
+            .await
+            .expect("tcp connect");
+        let mut raw = RawWs {
+            tcp,
+            buffer: Vec::new(),
+        };
+        let mut request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        if let Some(protocol) = subprotocol {
+            request.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+        }
+        request.push_str("\r\n");
+        within("send handshake", raw.tcp.write_all(request.as_bytes()))
+            .await
+            .expect("send handshake");
+        let answer = raw.read_http_answer().await;
+        (answer, raw)
+    }
+
+    /// Connects with a hand-made handshake (no subprotocol: JSON), expects
+    /// 101 and reads the `welcome` frame.
+    pub async fn connect(addr: std::net::SocketAddr) -> RawWs {
+        let (answer, mut raw) = RawWs::handshake(addr, None).await;
+        assert_eq!(answer.status, 101, "{answer:?}");
+        assert_eq!(
+            answer.header("sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{answer:?}"
+        );
+        let welcome = raw.read_frame().await.expect("welcome frame");
+        assert_eq!(welcome.opcode(), 1, "{welcome:?}");
+        let text = String::from_utf8(welcome.payload).expect("utf-8 welcome");
+        assert!(text.contains(r#""type":"welcome""#), "{text}");
+        raw
+    }
+
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        let n = within("tcp read", self.tcp.read(&mut chunk))
+            .await
+            .unwrap_or(0);
+        self.buffer.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn read_http_answer(&mut self) -> RawHttpAnswer {
+        let end = loop {
+            if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before the HTTP answer"
+            );
+        };
+        let head = String::from_utf8(self.buffer[..end].to_vec()).expect("ASCII head");
+        self.buffer.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("status line");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut answer = RawHttpAnswer {
+            status,
+            headers,
+            body: String::new(),
+        };
+        if status != 101 {
+            let length: usize = answer
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while self.buffer.len() < length {
+                assert!(self.fill().await, "connection closed inside the body");
+            }
+            let body: Vec<u8> = self.buffer.drain(..length).collect();
+            answer.body = String::from_utf8(body).expect("UTF-8 body");
+        }
+        answer
+    }
+
+    /// Writes one frame: `head` is the first byte (FIN, RSV1-3, opcode),
+    /// masked with a fixed key when `masked`.
+    pub async fn send_frame(&mut self, head: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        let mask_bit = if masked { 0x80 } else { 0 };
+        let mut frame = vec![head];
+        match payload.len() {
+            n if n < 126 => frame.push(mask_bit | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(mask_bit | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(mask_bit | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [0x37, 0xfa, 0x21, 0x3d];
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        within("send frame", self.tcp.write_all(&frame))
+            .await
+            .expect("send frame");
+    }
+
+    /// Reads the next frame from the broker; `None` when the connection ended.
+    pub async fn read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                return Some(frame);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until the broker's close frame; returns its code, its reason and
+    /// the frames before it. Fails when the connection ends without one.
+    pub async fn recv_close(&mut self) -> (u16, String, Vec<RawFrame>) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self
+                .read_frame()
+                .await
+                .expect("a close frame before the connection ends");
+            if frame.opcode() == 8 {
+                assert!(frame.payload.len() >= 2, "close frame without a code");
+                let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                let reason = String::from_utf8_lossy(&frame.payload[2..]).into_owned();
+                // Answer it, as a well-behaved client does (errors do not matter here).
+                let _ = tokio::time::timeout(WAIT, async {
+                    use tokio::io::AsyncWriteExt;
+                    let reply = [0x88, 0x82, 0, 0, 0, 0, frame.payload[0], frame.payload[1]];
+                    self.tcp.write_all(&reply).await
+                })
+                .await;
+                return (code, reason, before);
+            }
+            before.push(frame);
+        }
+    }
+}
+
+/// Parses one unmasked or masked frame from the front of `buf`.
+fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let masked = buf[1] & 0x80 != 0;
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let key = if masked {
+        let key: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let mut payload = buf.get(at..at + len)?.to_vec();
+    if let Some(key) = key {
+        payload
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b ^= key[i % 4]);
+    }
+    Some((
+        RawFrame {
+            head: buf[0],
+            payload,
+        },
+        at + len,
+    ))
+}
