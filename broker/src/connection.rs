@@ -523,6 +523,12 @@ where
     let write_timeout = config.write_timeout();
     let timer = tokio::time::sleep_until(conn.next_deadline(ping, idle, write_timeout));
     tokio::pin!(timer);
+    // Made once, so the connection registers with the shared shutdown signal
+    // once rather than on every turn of the loop.
+    let shutdown_signal = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(shutdown_signal);
 
     let exit = loop {
         let room = conn.out.bytes < bound;
@@ -538,7 +544,7 @@ where
         }
         tokio::select! {
             biased;
-            _ = shutdown.changed() => {
+            () = &mut shutdown_signal => {
                 break Exit::close(CloseCode::GoingAway, "broker shutting down");
             }
             () = &mut timer => {
