@@ -638,3 +638,28 @@ where
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    #[tokio::test]
+    async fn connection_task_state_stays_small() {
+        // Every idle connection carries its task's state: keep it small.
+        let (server, _client) = tokio::io::duplex(64);
+        let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let broker = Broker::new(Config::ephemeral());
+        let ctx = ConnCtx {
+            admission: broker.try_admit().unwrap(),
+            broker,
+            codec: Codec::Json,
+            peer: "test".into(),
+        };
+        let task = run_connection(ws, ctx);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "connection task state is {size} bytes");
+    }
+}
