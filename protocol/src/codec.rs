@@ -235,7 +235,7 @@ impl Codec {
     pub fn probe_id(self, bytes: &[u8]) -> Option<u64> {
         let probe = match self {
             Codec::Json => serde_json::from_slice::<IdProbe>(bytes).ok(),
-            Codec::MsgPack => rmp_serde::from_slice::<IdProbe>(bytes).ok(),
+            Codec::MsgPack => from_msgpack::<IdProbe>(bytes).ok(),
         };
         probe.and_then(|p| p.id)
     }
@@ -253,10 +253,22 @@ impl Codec {
                 if !bytes.first().is_some_and(|b| is_msgpack_map_marker(*b)) {
                     return Err(malformed(None, "a frame must be a MessagePack map"));
                 }
-                rmp_serde::from_slice(bytes).map_err(|e| malformed(self.probe_id(bytes), e))
+                from_msgpack(bytes).map_err(|e| malformed(self.probe_id(bytes), e))
             }
         }
     }
+}
+
+/// Decodes one MessagePack value that must fill `bytes` exactly, nested at
+/// most [`MAX_DEPTH`](crate::MAX_DEPTH) levels below the frame.
+pub(crate) fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    de.set_max_depth(crate::MAX_DEPTH + 2);
+    let value = T::deserialize(&mut de).map_err(|e| e.to_string())?;
+    if de.position() != bytes.len() as u64 {
+        return Err("trailing bytes after the frame".into());
+    }
+    Ok(value)
 }
 
 fn is_msgpack_map_marker(b: u8) -> bool {

@@ -21,6 +21,12 @@
 #![warn(missing_docs)]
 
 mod codec;
+
+/// How deeply a payload may nest arrays and maps, in both codecs. Deeper
+/// payloads are refused with `bad_frame`: every subscriber, whatever its
+/// codec, must be able to receive what was accepted.
+pub const MAX_DEPTH: usize = 64;
+
 mod codes;
 mod envelope;
 pub mod http;

@@ -66,6 +66,53 @@ impl Value {
     }
 }
 
+/// Checks JSON text that serde_json accepted as one value: it must be nested
+/// at most [`MAX_DEPTH`](crate::MAX_DEPTH) levels and its numbers must be
+/// finite as 64-bit floats, so that it can reach MessagePack subscribers too.
+fn check_json(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > crate::MAX_DEPTH {
+                    return Err(format!(
+                        "payload is nested deeper than {} levels",
+                        crate::MAX_DEPTH
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &text[start..=i];
+                // Short plain numbers always fit; check the rest.
+                if (number.len() > 15 || number.contains(['e', 'E']))
+                    && !number.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    return Err(format!("number {number} is out of range"));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -262,14 +309,18 @@ impl Payload {
     /// let p = Payload::from_json(r#"{"user":"ada"}"#).unwrap();
     /// assert_eq!(p.to_json_string(), r#"{"user":"ada"}"#);
     /// ```
-    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
-        let raw = RawValue::from_string(json.trim().to_owned())?;
+    pub fn from_json(json: &str) -> Result<Self, crate::CodecError> {
+        let payload_error = |e: String| crate::CodecError::Payload(e);
+        let raw = RawValue::from_string(json.trim().to_owned())
+            .map_err(|e| payload_error(e.to_string()))?;
+        check_json(raw.get()).map_err(payload_error)?;
         Ok(Self(Repr::Json(Arc::from(raw))))
     }
 
     /// A payload from any serializable value, encoded as JSON text.
     pub fn to_json_payload<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
         let raw = serde_json::value::to_raw_value(value)?;
+        check_json(raw.get()).map_err(<serde_json::Error as serde::ser::Error>::custom)?;
         Ok(Self(Repr::Json(Arc::from(raw))))
     }
 
@@ -310,7 +361,7 @@ impl Payload {
             Repr::Value(v) => {
                 let bytes = rmp_serde::to_vec(&**v)
                     .map_err(|e| crate::CodecError::Payload(e.to_string()))?;
-                rmp_serde::from_slice(&bytes).map_err(|e| crate::CodecError::Payload(e.to_string()))
+                crate::codec::from_msgpack(&bytes).map_err(crate::CodecError::Payload)
             }
         }
     }
@@ -360,6 +411,7 @@ impl<'de> Deserialize<'de> for Payload {
         if d.is_human_readable() {
             // serde_json hands over the value's text without building a tree.
             let raw = Box::<RawValue>::deserialize(d)?;
+            check_json(raw.get()).map_err(de::Error::custom)?;
             Ok(Self(Repr::Json(Arc::from(raw))))
         } else {
             Ok(Self::from_value(Value::deserialize(d)?))
@@ -403,6 +455,19 @@ mod tests {
             Payload::from_value(v).to_json_string(),
             r#"{"$ext":-1,"$bin":"AQIDBA=="}"#
         );
+    }
+
+    #[test]
+    fn json_payloads_are_checked_for_depth_and_range() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(Payload::from_json(&deep(crate::MAX_DEPTH)).is_ok());
+        assert!(Payload::from_json(&deep(crate::MAX_DEPTH + 1)).is_err());
+        // Brackets and escaped quotes inside strings do not count.
+        let text = format!(r#"["{}\"{}", 1]"#, "[".repeat(100), "{".repeat(100));
+        assert!(Payload::from_json(&text).is_ok(), "{text}");
+        assert!(Payload::from_json("1e400").is_err());
+        assert!(Payload::from_json("{\"a\":[-1.5e308, 12345678901234567890123]}").is_ok());
+        assert!(Payload::from_json("-1.8e308").is_err());
     }
 
     #[test]
