@@ -130,7 +130,7 @@ impl Config {
 
     /// The hard cap on an incoming message: over it the connection is closed with 1009.
     pub(crate) fn hard_message_limit(&self) -> usize {
-        self.max_message_bytes.saturating_mul(2).max(64 * 1024)
+        self.max_message_bytes.saturating_mul(2)
     }
 
     pub(crate) fn write_timeout(&self) -> Duration {

@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use std::cell::Cell;
+
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::envelope::{CodecName, Envelope, Limits};
 use crate::{ErrorCode, Filter, Payload, Topic, TopicError};
@@ -231,13 +234,22 @@ impl Codec {
     }
 
     /// Reads just the `id` of a frame, to answer a frame that is refused
-    /// before decoding (too large, rate limited) by its id.
+    /// (malformed, too large, rate limited) by its id. The id is found when it
+    /// comes before whatever is wrong with the frame.
     pub fn probe_id(self, bytes: &[u8]) -> Option<u64> {
-        let probe = match self {
-            Codec::Json => serde_json::from_slice::<IdProbe>(bytes).ok(),
-            Codec::MsgPack => from_msgpack::<IdProbe>(bytes).ok(),
+        let found = Cell::new(None);
+        let seed = IdSeed(&found);
+        let _ = match self {
+            Codec::Json => seed
+                .deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+                .map_err(|_| ()),
+            Codec::MsgPack => {
+                let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+                de.set_max_depth(crate::MAX_DEPTH + 2);
+                seed.deserialize(&mut de).map_err(|_| ())
+            }
         };
-        probe.and_then(|p| p.id)
+        found.get()
     }
 
     fn parse<'a, T: Deserialize<'a>>(self, bytes: &'a [u8]) -> Result<T, CodecError> {
@@ -282,15 +294,34 @@ fn malformed(id: Option<u64>, reason: impl ToString) -> CodecError {
     }
 }
 
-/// Reads only the `id` of a frame that failed to decode, to answer it by id.
-#[derive(Deserialize)]
-struct IdProbe {
-    #[serde(default, deserialize_with = "lenient_id")]
-    id: Option<u64>,
+/// Walks the top-level map of a frame until it finds `id`, keeping it even
+/// when a later part of the frame fails to decode.
+struct IdSeed<'c>(&'c Cell<Option<u64>>);
+
+impl<'de> DeserializeSeed<'de> for IdSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
 }
 
-fn lenient_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    Ok(Option::<u64>::deserialize(d).unwrap_or(None))
+impl<'de> Visitor<'de> for IdSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a frame")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "id" {
+                self.0.set(map.next_value::<u64>().ok());
+                return Ok(());
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn some_payload<'de, D: serde::Deserializer<'de>>(

@@ -85,6 +85,7 @@ pub struct Client {
     pub welcome: Envelope,
     next_id: u64,
     pending: std::collections::VecDeque<Envelope>,
+    patience: Duration,
 }
 
 impl Client {
@@ -117,6 +118,7 @@ impl Client {
             welcome: Envelope::Ping { id: None },
             next_id: 1,
             pending: Default::default(),
+            patience: WAIT,
         };
         client.welcome = client.recv().await;
         assert!(
@@ -130,6 +132,12 @@ impl Client {
     /// The codec in use.
     pub fn codec(&self) -> Codec {
         self.codec
+    }
+
+    /// How long [`Client::recv`] waits for a frame ([`WAIT`] unless set):
+    /// tests that push heavy traffic through one process allow more.
+    pub fn set_patience(&mut self, patience: Duration) {
+        self.patience = patience;
     }
 
     /// A fresh frame id.
@@ -163,8 +171,9 @@ impl Client {
 
     async fn recv_wire(&mut self) -> Envelope {
         loop {
-            let message = within("a frame", self.ws.next())
+            let message = tokio::time::timeout(self.patience, self.ws.next())
                 .await
+                .unwrap_or_else(|_| panic!("no frame within {:?}", self.patience))
                 .expect("connection open")
                 .expect("no transport error");
             let frame = match message {
@@ -409,9 +418,10 @@ pub fn json_str(json: &str, key: &str) -> String {
     }
 }
 
-/// Counts panics on the runtime's worker threads (where the broker's tasks
-/// run in `multi_thread` tests), from the first call on. Test code runs on the
-/// test's own thread, so a count above zero means a broker task panicked.
+/// Counts panics on the runtime's threads (where the broker's tasks run in
+/// `multi_thread` tests), from the first call on. Test code runs on the
+/// test's own thread, so in a test binary whose tests spawn no tasks of their
+/// own, a count above zero means a broker task panicked.
 pub fn worker_panics() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -420,10 +430,9 @@ pub fn worker_panics() -> usize {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let thread = std::thread::current();
-            if thread
-                .name()
-                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
-            {
+            // Tokio names its threads `tokio-rt-worker` (or, in older
+            // versions, `tokio-runtime-worker`) and `tokio-rt-blocking`.
+            if thread.name().is_some_and(|n| n.starts_with("tokio-")) {
                 PANICS.fetch_add(1, Ordering::SeqCst);
             }
             previous(info);
@@ -478,12 +487,36 @@ impl RawHttpAnswer {
 }
 
 impl RawWs {
+    /// The headers of a correct WebSocket upgrade request for `/ws` (with
+    /// the key of RFC 6455's example), without the request line.
+    pub const UPGRADE_HEADERS: [(&'static str, &'static str); 4] = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+
     /// Sends a WebSocket upgrade request for `/ws` by hand, offering
     /// `subprotocol` when given, and reads the answer. On 101 the returned
     /// client is ready for frames (the `welcome` frame is not read yet).
     pub async fn handshake(
         addr: std::net::SocketAddr,
         subprotocol: Option<&str>,
+    ) -> (RawHttpAnswer, RawWs) {
+        let mut headers = RawWs::UPGRADE_HEADERS.to_vec();
+        if let Some(protocol) = subprotocol {
+            headers.push(("Sec-WebSocket-Protocol", protocol));
+        }
+        RawWs::request(addr, "GET", "/ws", &headers).await
+    }
+
+    /// Sends `method path` with exactly `headers` (plus `Host`) on a new TCP
+    /// connection and reads the answer's head, and its body unless it is 101.
+    pub async fn request(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
     ) -> (RawHttpAnswer, RawWs) {
         use tokio::io::AsyncWriteExt;
         let tcp = within("tcp connect", TcpStream::connect(addr))
@@ -493,17 +526,14 @@ impl RawWs {
             tcp,
             buffer: Vec::new(),
         };
-        let mut request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        );
-        if let Some(protocol) = subprotocol {
-            request.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        within("send handshake", raw.tcp.write_all(request.as_bytes()))
+        within("send request", raw.tcp.write_all(request.as_bytes()))
             .await
-            .expect("send handshake");
+            .expect("send request");
         let answer = raw.read_http_answer().await;
         (answer, raw)
     }

@@ -46,6 +46,7 @@ async fn a_thousand_subscribers_receive_every_message_in_publish_order() {
         .into_iter()
         .map(|mut c| {
             tokio::spawn(async move {
+                c.set_patience(WAIT * 6);
                 let mut next: HashMap<u64, u64> = HashMap::new();
                 for _ in 0..PUBLISHERS as u64 * PER_PUBLISHER {
                     let (_, payload) = c.recv_message().await;
@@ -77,7 +78,7 @@ async fn a_thousand_subscribers_receive_every_message_in_publish_order() {
         p.await.expect("publisher");
     }
     for reader in readers {
-        let next = tokio::time::timeout(WAIT * 6, reader)
+        let next = tokio::time::timeout(WAIT * 12, reader)
             .await
             .expect("subscriber finished in time")
             .expect("subscriber task");
