@@ -516,7 +516,7 @@ where
         limits: conn.broker.limits().clone(),
     });
 
-    let (mut sink, mut stream) = ws.split();
+    let mut ws = ws;
     let bound = config.outbound_queue_bytes.max(1);
     let ping = Duration::from_millis(config.ping_interval_ms);
     let idle = Duration::from_millis(config.idle_timeout_ms);
@@ -529,6 +529,7 @@ where
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     tokio::pin!(shutdown_signal);
+    let mut reads_first = true;
 
     let exit = loop {
         let room = conn.out.bytes < bound;
@@ -542,6 +543,9 @@ where
             (true, Some(_)) => conn.stalled_since = None,
             _ => {}
         }
+        // Frames from the peer and deliveries take turns going first, so
+        // neither a flooding client nor a busy topic starves the other.
+        reads_first = !reads_first;
         tokio::select! {
             biased;
             () = &mut shutdown_signal => {
@@ -553,27 +557,22 @@ where
                 }
                 timer.as_mut().reset(conn.next_deadline(ping, idle, write_timeout));
             }
-            item = stream.next(), if room => match item {
-                Some(Ok(message)) => {
-                    if let Some(exit) = conn.on_message(message) {
-                        break exit;
+            event = poll_fn(|cx| poll_io(&mut ws, &mut conn.subs, &mut conn.out, room, reads_first, cx)) => {
+                let exit = match event {
+                    Io::Read(Ok(message)) => conn.on_message(message),
+                    Io::Read(Err(error)) => Some(read_error_exit(error)),
+                    Io::Closed => Some(Exit::PeerClosed),
+                    Io::Received(received) => conn.on_received(received, bound),
+                    Io::Aborted => None,
+                    Io::Written(Ok(())) => {
+                        conn.flush_metrics();
+                        None
                     }
-                }
-                Some(Err(error)) => break read_error_exit(error),
-                None => break Exit::PeerClosed,
-            },
-            Some(outcome) = conn.subs.waiting.next(), if room && !conn.subs.waiting.is_empty() => {
-                if let Ok(received) = outcome
-                    && let Some(exit) = conn.on_received(received, bound)
-                {
+                    Io::Written(Err(error)) => Some(Exit::PeerGone(error.to_string())),
+                };
+                if let Some(exit) = exit {
                     break exit;
                 }
-            }
-            result = poll_fn(|cx| conn.out.poll_drain(Pin::new(&mut sink), cx)), if !conn.out.is_idle() => {
-                if let Err(error) = result {
-                    break Exit::PeerGone(error.to_string());
-                }
-                conn.flush_metrics();
             }
         }
     };
@@ -599,16 +598,12 @@ where
             code: WsCloseCode::from(code),
             reason: why.into(),
         })));
-        let _ = tokio::time::timeout(
-            deadline,
-            close_handshake(&mut conn.out, &mut sink, &mut stream),
-        )
-        .await;
+        let _ = tokio::time::timeout(deadline, close_handshake(&mut conn.out, &mut ws)).await;
     } else if !conn.out.is_idle() {
         // Send the answer to the peer's close frame.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
-            poll_fn(|cx| conn.out.poll_drain(Pin::new(&mut sink), cx)),
+            poll_fn(|cx| conn.out.poll_drain(Pin::new(&mut ws), cx)),
         )
         .await;
     }
@@ -622,21 +617,69 @@ where
 
 /// Writes what is queued (ending with our close frame), then waits a moment
 /// for the peer's close frame, so the client sees a clean close.
-async fn close_handshake<W, R>(out: &mut Outbox, sink: &mut W, stream: &mut R)
+async fn close_handshake<S>(out: &mut Outbox, ws: &mut S)
 where
-    W: Sink<Message, Error = WsError> + Unpin,
-    R: Stream<Item = Result<Message, WsError>> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    if poll_fn(|cx| out.poll_drain(Pin::new(&mut *sink), cx))
+    if poll_fn(|cx| out.poll_drain(Pin::new(&mut *ws), cx))
         .await
         .is_err()
     {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-        while let Some(Ok(_)) = stream.next().await {}
+        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
+}
+
+/// One thing that happened on a connection's socket or subscriptions.
+enum Io {
+    /// A message from the peer, or a read error.
+    Read(Result<Message, WsError>),
+    /// The peer's stream ended.
+    Closed,
+    /// A subscription produced something.
+    Received(Received),
+    /// A subscription that was dropped finished; nothing to do.
+    Aborted,
+    /// Everything queued was written and flushed.
+    Written(Result<(), WsError>),
+}
+
+/// Polls, in turn, the peer's next frame and the subscriptions (while the
+/// outbound queue has room), then the write step, which therefore runs once
+/// everything ready has been queued: one flush per batch.
+fn poll_io<S>(
+    ws: &mut S,
+    subs: &mut Subscriptions,
+    out: &mut Outbox,
+    room: bool,
+    reads_first: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Io>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    if room {
+        for read in [reads_first, !reads_first] {
+            if read {
+                if let Poll::Ready(item) = ws.poll_next_unpin(cx) {
+                    return Poll::Ready(item.map_or(Io::Closed, Io::Read));
+                }
+            } else if !subs.waiting.is_empty()
+                && let Poll::Ready(Some(outcome)) = subs.waiting.poll_next_unpin(cx)
+            {
+                return Poll::Ready(outcome.map_or(Io::Aborted, Io::Received));
+            }
+        }
+    }
+    if !out.is_idle()
+        && let Poll::Ready(result) = out.poll_drain(Pin::new(ws), cx)
+    {
+        return Poll::Ready(Io::Written(result));
+    }
+    Poll::Pending
 }
 
 #[cfg(test)]
