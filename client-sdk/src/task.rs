@@ -1,0 +1,659 @@
+//! The connection task: the one owner of the WebSocket, the subscription
+//! table and the outbound queue. It reconnects by itself.
+//!
+//! Each turn of its loop either takes every command that is ready, handles
+//! one frame from the broker, fires the keepalive timer, or writes: it feeds
+//! every queued frame to the socket and flushes once, so a burst of
+//! publishes costs one write. Reading and writing are separate arms, so a
+//! socket that does not take data never stops the task from reading.
+
+use std::collections::HashSet;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use starling_protocol::{CloseCode, Codec, Envelope, ErrorCode, Filter};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tracing::{debug, info, warn};
+
+use crate::client::{Command, Shared};
+use crate::connection::{self, Welcome, Ws};
+use crate::options::OfflinePolicy;
+use crate::outbox::{Outbox, Outgoing, Pending, answer, fail};
+use crate::subscription::Message;
+use crate::table::{Answered, SubTable};
+use crate::{Error, Event, Result};
+
+/// Commands taken per turn before the task looks at its other work.
+const COMMAND_BUDGET: usize = 1024;
+
+/// How long the close handshake may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+mod lifecycle;
+
+/// Keepalive bookkeeping for one connection.
+struct Liveness {
+    last_ping: Instant,
+    /// When the unanswered keepalive `ping` was queued.
+    outstanding: Option<Instant>,
+    last_heard: Instant,
+}
+
+impl Liveness {
+    fn new(now: Instant) -> Self {
+        Liveness {
+            last_ping: now,
+            outstanding: None,
+            last_heard: now,
+        }
+    }
+
+    fn deadline(&self, interval: Duration, timeout: Duration) -> Instant {
+        match self.outstanding {
+            Some(sent) => sent + timeout,
+            None => self.last_ping + interval,
+        }
+    }
+}
+
+/// `close` in progress.
+struct Closing {
+    replies: Vec<oneshot::Sender<Result<()>>>,
+    reason: &'static str,
+    deadline: Instant,
+    done: bool,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// Closed on purpose (the close handshake is done).
+    Finished(&'static str),
+    /// Lost: the broker closed it, or the transport failed.
+    Lost { code: Option<u16>, reason: String },
+}
+
+/// The background task behind every handle of one client.
+pub(crate) struct Task {
+    url: String,
+    shared: Arc<Shared>,
+    codec: Codec,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    table: SubTable,
+    out: Outbox,
+    connected: bool,
+    alive: Liveness,
+    closing: Option<Closing>,
+    /// Ids of the `subscribe` frames sent again after a reconnect; once all
+    /// are answered, `Reconnected` is emitted.
+    resubscribing: HashSet<u64>,
+}
+
+impl Task {
+    pub(crate) fn new(
+        url: String,
+        shared: Arc<Shared>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        Task {
+            url,
+            codec: shared.options.codec,
+            shared,
+            commands,
+            commands_open: true,
+            table: SubTable::default(),
+            out: Outbox::default(),
+            connected: false,
+            alive: Liveness::new(Instant::now()),
+            closing: None,
+            resubscribing: HashSet::new(),
+        }
+    }
+
+    /// Serves connections until the client is closed, every handle is
+    /// dropped, or reconnecting is given up.
+    pub(crate) async fn run(mut self, mut ws: Ws, mut welcome: Welcome) {
+        let mut reconnect = false;
+        let reason = loop {
+            self.on_connected(&welcome, reconnect);
+            match self.serve(ws).await {
+                Ended::Finished(reason) => break reason.to_owned(),
+                Ended::Lost { code, reason } => {
+                    info!(url = %self.url, ?code, %reason, "connection lost");
+                    // State first, so that an observer of the event sees it.
+                    self.on_disconnect();
+                    self.shared.emit(Event::Disconnected {
+                        code,
+                        reason: reason.clone(),
+                    });
+                    if let Some(closing) = &self.closing {
+                        break closing.reason.to_owned();
+                    }
+                    if let Some(code) = code
+                        && !CloseCode::may_reconnect(code)
+                    {
+                        break format!("the broker closed with terminal code {code}: {reason}");
+                    }
+                    match self.reconnect().await {
+                        Ok((new_ws, new_welcome)) => {
+                            ws = new_ws;
+                            welcome = new_welcome;
+                            reconnect = true;
+                        }
+                        Err(reason) => break reason,
+                    }
+                }
+            }
+        };
+        self.finish(reason);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.shared.next_id()
+    }
+
+    fn encode(&self, envelope: &Envelope) -> Option<WsMessage> {
+        match self.codec.encode(envelope) {
+            Ok(frame) => Some(connection::to_ws(frame)),
+            Err(error) => {
+                warn!(%error, frame = envelope.type_name(), "cannot encode frame");
+                None
+            }
+        }
+    }
+
+    /// Queues a frame with an id; what it waits for is resolved by the answer.
+    fn push_request(&mut self, envelope: &Envelope, id: u64, pending: Pending) {
+        match self.encode(envelope) {
+            Some(message) => self.out.queue.push_back(Outgoing {
+                message,
+                permit: false,
+                awaits: Some((id, pending)),
+            }),
+            None => fail(pending, || Error::Encode("cannot encode frame".into())),
+        }
+    }
+
+    fn push_ping(&mut self, pending: Pending) {
+        let id = self.next_id();
+        self.push_request(&Envelope::Ping { id: Some(id) }, id, pending);
+    }
+
+    fn release_permits(&self, n: usize) {
+        if n > 0 {
+            self.shared.outbound.add_permits(n);
+        }
+    }
+
+    /// Runs one connection until it ends.
+    async fn serve(&mut self, ws: Ws) -> Ended {
+        let (mut sink, mut stream) = ws.split();
+        let interval = self.shared.options.ping_interval;
+        let ping_timeout = self.shared.options.ping_timeout;
+        let timer = tokio::time::sleep_until(self.deadline(interval, ping_timeout));
+        tokio::pin!(timer);
+
+        let ended = loop {
+            if let Some(closing) = &self.closing
+                && closing.done
+            {
+                break Ended::Finished(closing.reason);
+            }
+            tokio::select! {
+                command = self.commands.recv(), if self.commands_open => match command {
+                    Some(command) => {
+                        self.on_command(command);
+                        for _ in 1..COMMAND_BUDGET {
+                            match self.commands.try_recv() {
+                                Ok(command) => self.on_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        self.commands_open = false;
+                        self.begin_close(None, "every handle was dropped");
+                    }
+                },
+                item = stream.next() => match item {
+                    Some(Ok(message)) => {
+                        self.alive.last_heard = Instant::now();
+                        if let Some(ended) = self.on_ws_message(message) {
+                            // Let the WebSocket layer answer the close frame.
+                            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                                while let Some(Ok(_)) = stream.next().await {}
+                            })
+                            .await;
+                            break ended;
+                        }
+                    }
+                    Some(Err(error)) => break Ended::Lost { code: None, reason: error.to_string() },
+                    None => break Ended::Lost {
+                        code: None,
+                        reason: "the connection was closed without a close frame".into(),
+                    },
+                },
+                () = &mut timer => {
+                    if let Some(ended) = self.on_timer(interval, ping_timeout) {
+                        break ended;
+                    }
+                    timer.as_mut().reset(self.deadline(interval, ping_timeout));
+                },
+                result = poll_fn(|cx| self.out.poll_drain(Pin::new(&mut sink), cx)), if self.out.has_work() => {
+                    let written = std::mem::take(&mut self.out.written_permits);
+                    self.release_permits(written);
+                    if let Err(error) = result {
+                        break Ended::Lost { code: None, reason: format!("write failed: {error}") };
+                    }
+                },
+            }
+            // A command or a frame may have moved the next deadline closer.
+            let deadline = self.deadline(interval, ping_timeout);
+            if deadline < timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+        };
+
+        if let Ended::Finished(_) = ended {
+            let close = WsMessage::Close(Some(CloseFrame {
+                code: WsCloseCode::Normal,
+                reason: "client closed".into(),
+            }));
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                let written = poll_fn(|cx| self.out.poll_drain(Pin::new(&mut sink), cx)).await;
+                if written.is_ok() && sink.send(close).await.is_ok() {
+                    // Wait for the broker's close frame.
+                    while let Some(Ok(_)) = stream.next().await {}
+                }
+            })
+            .await;
+            let written = std::mem::take(&mut self.out.written_permits);
+            self.release_permits(written);
+        }
+        ended
+    }
+
+    fn deadline(&self, interval: Duration, ping_timeout: Duration) -> Instant {
+        let keepalive = self.alive.deadline(interval, ping_timeout);
+        match &self.closing {
+            Some(closing) => keepalive.min(closing.deadline),
+            None => keepalive,
+        }
+    }
+
+    /// Keepalive: a `ping` every interval; no frame at all within the ping
+    /// timeout after it means the connection is dead.
+    fn on_timer(&mut self, interval: Duration, ping_timeout: Duration) -> Option<Ended> {
+        let now = Instant::now();
+        if let Some(closing) = &mut self.closing
+            && now >= closing.deadline
+        {
+            closing.done = true;
+        }
+        if let Some(sent) = self.alive.outstanding
+            && now >= sent + ping_timeout
+        {
+            if self.alive.last_heard > sent {
+                // Frames keep coming; the pong is just behind them.
+                self.alive.outstanding = None;
+            } else {
+                return Some(Ended::Lost {
+                    code: None,
+                    reason: format!("no answer to ping within {ping_timeout:?}"),
+                });
+            }
+        }
+        if self.alive.outstanding.is_none() && now >= self.alive.last_ping + interval {
+            self.alive.last_ping = now;
+            self.alive.outstanding = Some(now);
+            self.push_ping(Pending::Keepalive);
+        }
+        None
+    }
+
+    fn on_ws_message(&mut self, message: WsMessage) -> Option<Ended> {
+        let decoded = match (&message, self.codec) {
+            (WsMessage::Text(text), Codec::Json) => self.codec.decode_bytes(text.as_bytes()),
+            (WsMessage::Binary(bytes), Codec::MsgPack) => self.codec.decode_bytes(bytes),
+            (WsMessage::Text(_) | WsMessage::Binary(_), _) => {
+                warn!("frame of the wrong kind for the codec; ignored");
+                return None;
+            }
+            (WsMessage::Close(frame), _) => {
+                let (code, reason) = match frame {
+                    Some(frame) => (Some(u16::from(frame.code)), frame.reason.to_string()),
+                    None => (None, "closed by the broker".to_owned()),
+                };
+                return Some(Ended::Lost { code, reason });
+            }
+            _ => return None,
+        };
+        match decoded {
+            Ok(envelope) => self.on_envelope(envelope),
+            Err(error) => warn!(%error, "cannot decode a frame from the broker; ignored"),
+        }
+        None
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Message {
+                topic,
+                payload,
+                offset,
+                sub,
+            } => {
+                let key = sub
+                    .as_ref()
+                    .map_or(topic.as_arc().clone(), |f| f.as_arc().clone());
+                let message = Message {
+                    topic,
+                    payload,
+                    offset,
+                    pattern: sub,
+                };
+                let done = self.table.dispatch(&key, message);
+                for topic in done.slow {
+                    warn!(%topic, "subscription queue full; dropping messages");
+                    self.shared.emit(Event::SlowConsumer { topic });
+                }
+                if let Some(filter) = done.emptied {
+                    self.send_unsubscribe(filter, None);
+                }
+            }
+            Envelope::Ack { id, offset } => match self.out.inflight.remove(&id) {
+                Some(Pending::Publish(reply)) => {
+                    let _ = reply.send(Ok(offset));
+                }
+                Some(Pending::Subscribe(key)) => self.on_subscribe_answer(&key, id, Ok(())),
+                Some(Pending::Unsubscribe(reply)) => answer(reply, Ok(())),
+                Some(pending) => self.on_pong(pending),
+                None => debug!(id, "ack for nothing in flight"),
+            },
+            Envelope::Error { id, code, message } => {
+                let pending = id.and_then(|id| self.out.inflight.remove(&id).map(|p| (id, p)));
+                match pending {
+                    Some((_, Pending::Publish(reply))) => {
+                        let _ = reply.send(Err(Error::Server { code, message }));
+                    }
+                    Some((id, Pending::Subscribe(key))) => {
+                        self.on_subscribe_answer(&key, id, Err((code, message)))
+                    }
+                    Some((_, Pending::Unsubscribe(reply))) => {
+                        if code == ErrorCode::NotSubscribed {
+                            // Gone already: that is what was asked.
+                            answer(reply, Ok(()));
+                        } else if let Some(reply) = reply {
+                            let _ = reply.send(Err(Error::Server { code, message }));
+                        } else {
+                            self.server_error(code, message);
+                        }
+                    }
+                    Some((_, Pending::Flush(reply))) => {
+                        let _ = reply.send(Err(Error::Server { code, message }));
+                    }
+                    Some((_, pending)) => {
+                        // An answer all the same (for example `rate_limited`).
+                        self.on_pong(pending);
+                        self.server_error(code, message);
+                    }
+                    None => self.server_error(code, message),
+                }
+            }
+            Envelope::Pong { id } => {
+                if let Some(pending) = id.and_then(|id| self.out.inflight.remove(&id)) {
+                    self.on_pong(pending);
+                }
+            }
+            Envelope::Lagged { topic, missed } => {
+                warn!(%topic, missed, "the broker dropped messages for this subscription");
+                self.shared.emit(Event::Lagged { topic, missed });
+            }
+            other => debug!(frame = other.type_name(), "unexpected frame; ignored"),
+        }
+    }
+
+    fn on_pong(&mut self, pending: Pending) {
+        match pending {
+            Pending::Flush(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Pending::Keepalive => self.alive.outstanding = None,
+            Pending::Closing => {
+                if let Some(closing) = &mut self.closing {
+                    closing.done = true;
+                }
+            }
+            Pending::Publish(reply) => {
+                let _ = reply.send(Ok(None));
+            }
+            Pending::Unsubscribe(reply) => answer(reply, Ok(())),
+            Pending::Subscribe(_) => {}
+        }
+    }
+
+    fn server_error(&self, code: ErrorCode, message: String) {
+        warn!(%code, %message, "error from the broker");
+        self.shared.emit(Event::ServerError { code, message });
+    }
+
+    fn on_subscribe_answer(
+        &mut self,
+        key: &str,
+        id: u64,
+        result: std::result::Result<(), (ErrorCode, String)>,
+    ) {
+        let refusal = result.as_ref().err().cloned();
+        match self.table.answer(key, id, result) {
+            Answered::Acked {
+                emptied: Some(filter),
+            } => self.send_unsubscribe(filter, None),
+            Answered::Refused { orphaned: true } => {
+                if let Some((code, message)) = refusal {
+                    self.server_error(code, format!("subscription {key} ended: {message}"));
+                }
+            }
+            _ => {}
+        }
+        if self.resubscribing.remove(&id) && self.resubscribing.is_empty() {
+            self.shared.emit(Event::Reconnected);
+        }
+    }
+
+    fn send_unsubscribe(&mut self, filter: Filter, reply: Option<oneshot::Sender<Result<()>>>) {
+        if !self.connected {
+            // The broker forgot it with the connection; it is not sent again.
+            answer(reply, Ok(()));
+            return;
+        }
+        debug!(topic = %filter, "unsubscribing");
+        let id = self.next_id();
+        self.push_request(
+            &Envelope::Unsubscribe {
+                id: Some(id),
+                topic: filter,
+            },
+            id,
+            Pending::Unsubscribe(reply),
+        );
+    }
+
+    fn on_command(&mut self, command: Command) {
+        if self.closing.is_some() {
+            self.reject(command);
+            return;
+        }
+        let can_queue = self.connected || self.shared.options.offline == OfflinePolicy::Queue;
+        match command {
+            Command::Publish { message } => {
+                if can_queue {
+                    self.out.queue.push_back(Outgoing {
+                        message,
+                        permit: true,
+                        awaits: None,
+                    });
+                } else {
+                    self.release_permits(1);
+                }
+            }
+            Command::PublishAck { id, message, reply } => {
+                if can_queue {
+                    self.out.queue.push_back(Outgoing {
+                        message,
+                        permit: true,
+                        awaits: Some((id, Pending::Publish(reply))),
+                    });
+                } else {
+                    self.release_permits(1);
+                    let _ = reply.send(Err(Error::Disconnected));
+                }
+            }
+            Command::Subscribe {
+                filter,
+                local_id,
+                sender,
+                reply,
+            } => self.subscribe(filter, local_id, sender, reply),
+            Command::Unsubscribe {
+                filter,
+                local_id,
+                reply,
+            } => match self.table.detach(filter.as_str(), local_id) {
+                Some(filter) => self.send_unsubscribe(filter, reply),
+                None => answer(reply, Ok(())),
+            },
+            Command::Flush { reply } => {
+                if can_queue {
+                    self.push_ping(Pending::Flush(reply));
+                } else {
+                    let _ = reply.send(Err(Error::Disconnected));
+                }
+            }
+            Command::Close { reply } => self.begin_close(Some(reply), "closed by the application"),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        filter: Filter,
+        local_id: u64,
+        sender: mpsc::Sender<Message>,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
+        let key = filter.as_arc().clone();
+        let first = self.table.attach(&filter, local_id, sender);
+        if first && self.connected {
+            debug!(topic = %filter, "subscribing");
+            let id = self.next_id();
+            self.table.set_pending(&key, id);
+            self.table.add_waiter(&key, local_id, reply);
+            self.push_request(
+                &Envelope::Subscribe {
+                    id: Some(id),
+                    topic: filter,
+                    since: None,
+                },
+                id,
+                Pending::Subscribe(key),
+            );
+        } else if self.table.is_pending(&key) {
+            self.table.add_waiter(&key, local_id, reply);
+        } else if reply.send(Ok(())).is_err()
+            && let Some(filter) = self.table.detach(&key, local_id)
+        {
+            self.send_unsubscribe(filter, None);
+        }
+    }
+
+    /// Answers a command that comes while the client is closing.
+    fn reject(&mut self, command: Command) {
+        match command {
+            Command::Publish { .. } => self.release_permits(1),
+            Command::PublishAck { reply, .. } => {
+                self.release_permits(1);
+                let _ = reply.send(Err(Error::Closed));
+            }
+            Command::Subscribe { reply, .. } => {
+                let _ = reply.send(Err(Error::Closed));
+            }
+            Command::Unsubscribe { reply, .. } => answer(reply, Ok(())),
+            Command::Flush { reply } => {
+                let _ = reply.send(Err(Error::Closed));
+            }
+            Command::Close { reply } => match &mut self.closing {
+                Some(closing) => closing.replies.push(reply),
+                None => {
+                    let _ = reply.send(Ok(()));
+                }
+            },
+        }
+    }
+
+    /// Starts closing: a `ping` behind everything queued, then (on its
+    /// `pong`, or after the request timeout) the close handshake with 1000.
+    fn begin_close(&mut self, reply: Option<oneshot::Sender<Result<()>>>, reason: &'static str) {
+        if self.closing.is_none() {
+            debug!(reason, "closing");
+            self.closing = Some(Closing {
+                replies: Vec::new(),
+                reason,
+                deadline: Instant::now() + self.shared.options.request_timeout,
+                done: !self.connected,
+            });
+            if self.connected {
+                self.push_ping(Pending::Closing);
+            }
+        }
+        if let (Some(closing), Some(reply)) = (&mut self.closing, reply) {
+            closing.replies.push(reply);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_then_declares_silence_dead() {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = tokio::sync::broadcast::channel(4);
+        let shared = Arc::new(crate::client::Shared::for_tests(events));
+        let mut task = Task::new("ws://test/ws".into(), shared, rx);
+        task.connected = true;
+        let interval = Duration::from_secs(15);
+        let timeout = Duration::from_secs(10);
+        let start = Instant::now();
+        task.alive = Liveness::new(start);
+        assert_eq!(task.deadline(interval, timeout), start + interval);
+
+        tokio::time::advance(interval).await;
+        assert!(task.on_timer(interval, timeout).is_none());
+        assert_eq!(task.out.queue.len(), 1, "a ping is queued");
+        assert_eq!(task.deadline(interval, timeout), start + interval + timeout);
+
+        // Any frame heard after the ping keeps the connection alive.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        task.alive.last_heard = Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(task.on_timer(interval, timeout).is_none());
+        assert!(task.alive.outstanding.is_none());
+
+        // Silence for the whole timeout after a ping: dead.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(task.on_timer(interval, timeout).is_none());
+        assert!(task.alive.outstanding.is_some());
+        tokio::time::advance(timeout).await;
+        assert!(matches!(
+            task.on_timer(interval, timeout),
+            Some(Ended::Lost { code: None, .. })
+        ));
+    }
+}
