@@ -1,13 +1,14 @@
 //! The shared state of one broker node.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use starling_protocol::{ErrorCode, Limits, Payload, Topic};
 use tokio::sync::{Semaphore, watch};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::metrics::{Metrics, Source};
@@ -60,6 +61,7 @@ struct Shared {
     shutting_down: AtomicBool,
     connection_slots: Arc<Semaphore>,
     next_conn_id: AtomicU64,
+    cluster: OnceLock<Cluster>,
 }
 
 /// One broker node: its topics, its connections' limits and its metrics.
@@ -88,6 +90,7 @@ impl Broker {
                 shutting_down: AtomicBool::new(false),
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 next_conn_id: AtomicU64::new(1),
+                cluster: OnceLock::new(),
                 config,
             }),
         }
@@ -141,11 +144,43 @@ impl Broker {
     ) -> Published {
         self.shared.metrics.published(source);
         let delivery = Delivery::new(topic, payload, None, self.shared.node_id.clone());
+        if let Some(cluster) = self.shared.cluster.get()
+            && !delivery.topic.is_reserved()
+        {
+            cluster.relay(self, &delivery);
+        }
         let subscribers = self.shared.registry.publish(delivery);
         Published {
             offset: None,
             subscribers,
         }
+    }
+
+    /// Joins the cluster configured with `--redis-url`, if any. Does not wait
+    /// for Redis: the link comes up (and back) by itself.
+    pub(crate) fn join_cluster(&self) -> Result<(), ClusterError> {
+        let Some(url) = &self.shared.config.redis_url else {
+            return Ok(());
+        };
+        let (interest, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = Cluster::start(self, url, &self.shared.config.redis_prefix, interest_rx)?;
+        if self.shared.cluster.set(cluster).is_ok() {
+            self.shared.registry.report_interest(interest);
+        }
+        Ok(())
+    }
+
+    /// Stops relaying to the cluster.
+    pub(crate) fn leave_cluster(&self) {
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.stop();
+        }
+    }
+
+    /// The state of the cluster link: `None` for a single node, otherwise
+    /// whether Redis is reachable.
+    pub fn cluster_up(&self) -> Option<bool> {
+        self.shared.cluster.get().map(Cluster::is_up)
     }
 
     /// Tells every connection to close with 1001 and refuses new ones.

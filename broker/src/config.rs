@@ -95,6 +95,16 @@ pub struct Config {
     #[arg(long, env = "STARLING_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` (default:
+    /// none, a single node).
+    #[arg(long, env = "STARLING_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis channels this cluster uses (clusters sharing one
+    /// Redis need different prefixes).
+    #[arg(long, env = "STARLING_REDIS_PREFIX", default_value = "starling")]
+    pub redis_prefix: String,
+
     /// Log format.
     #[arg(long, env = "STARLING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod broker;
+mod cluster;
 mod config;
 mod connection;
 mod delivery;
@@ -29,6 +30,7 @@ mod stats;
 mod web;
 
 pub use broker::{Broker, ConnId, PublishError, Published};
+pub use cluster::ClusterError;
 pub use config::{Config, LogFormat, SlowConsumerPolicy};
 pub use connection::IDLE_TIMEOUT_CLOSE;
 pub use delivery::Delivery;

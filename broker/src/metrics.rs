@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use starling_protocol::ErrorCode;
 
@@ -67,6 +68,11 @@ pub struct Metrics {
     pub(crate) lagged_messages: Counter,
     errors: Family<CodeLabel, Counter>,
     closes: Family<CloseLabel, Counter>,
+    pub(crate) relayed_out: Counter,
+    pub(crate) relayed_in: Counter,
+    pub(crate) relay_failed: Counter,
+    pub(crate) redis_reconnects: Counter,
+    pub(crate) relay_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -94,6 +100,12 @@ impl Metrics {
             lagged_messages: Counter::default(),
             errors: Family::default(),
             closes: Family::default(),
+            relayed_out: Counter::default(),
+            relayed_in: Counter::default(),
+            relay_failed: Counter::default(),
+            redis_reconnects: Counter::default(),
+            // 50 µs to about 6.5 s.
+            relay_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             registry: Registry::default(),
         };
         registry.register(
@@ -160,6 +172,31 @@ impl Metrics {
             "closes",
             "Connections closed by the broker, by close code",
             m.closes.clone(),
+        );
+        registry.register(
+            "cluster_relayed_out",
+            "Messages sent to other nodes through Redis",
+            m.relayed_out.clone(),
+        );
+        registry.register(
+            "cluster_relayed_in",
+            "Messages received from other nodes through Redis",
+            m.relayed_in.clone(),
+        );
+        registry.register(
+            "cluster_relay_failed",
+            "Messages that could not be relayed to other nodes (Redis down or too slow)",
+            m.relay_failed.clone(),
+        );
+        registry.register(
+            "cluster_redis_reconnects",
+            "Times the Redis subscription link was restored",
+            m.redis_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_relay_latency_seconds",
+            "Time from publish on the origin node to receipt on this node",
+            m.relay_latency.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,13 +1,14 @@
 //! The topic registry: one broadcast channel per topic (and per pattern) with
 //! subscribers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use starling_protocol::{Filter, Topic};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
+use crate::cluster::{Interest, glob_of};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 
@@ -18,6 +19,8 @@ pub(crate) type DeliveryReceiver = broadcast::Receiver<Arc<Delivery>>;
 struct Channel {
     tx: broadcast::Sender<Arc<Delivery>>,
     subscribers: usize,
+    /// For patterns: the Redis glob they are relayed through.
+    glob: Option<String>,
 }
 
 /// Every topic and pattern that has subscribers, with its broadcast channel.
@@ -32,6 +35,9 @@ pub struct TopicRegistry {
     pattern_count: AtomicUsize,
     capacity: usize,
     metrics: Arc<Metrics>,
+    /// Told when a topic or pattern gains its first or loses its last local
+    /// subscriber, when the node is in a cluster.
+    interest: OnceLock<mpsc::UnboundedSender<Interest>>,
 }
 
 impl TopicRegistry {
@@ -43,6 +49,29 @@ impl TopicRegistry {
             pattern_count: AtomicUsize::new(0),
             capacity: capacity.max(1),
             metrics,
+            interest: OnceLock::new(),
+        }
+    }
+
+    /// Reports interest changes to the cluster link from now on, starting
+    /// with every topic and pattern that already has subscribers.
+    pub(crate) fn report_interest(&self, sender: mpsc::UnboundedSender<Interest>) {
+        for entry in self.topics.iter() {
+            Self::tell(&sender, Interest::Watch(entry.key().clone().into()));
+        }
+        for entry in self.patterns.iter() {
+            Self::tell(&sender, Interest::Watch(entry.key().clone()));
+        }
+        let _ = self.interest.set(sender);
+    }
+
+    fn tell(sender: &mpsc::UnboundedSender<Interest>, interest: Interest) {
+        let filter = match &interest {
+            Interest::Watch(f) | Interest::Unwatch(f) => f,
+        };
+        // Broker topics are per node.
+        if !filter.as_str().starts_with('$') {
+            let _ = sender.send(interest);
         }
     }
 
@@ -50,9 +79,9 @@ impl TopicRegistry {
     /// sees every message published from now on.
     pub(crate) fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
         let rx = match filter.as_topic() {
-            Some(topic) => self.add_subscriber(&self.topics, topic),
+            Some(topic) => self.add_subscriber(&self.topics, topic, filter),
             None => {
-                let rx = self.add_subscriber(&self.patterns, filter.clone());
+                let rx = self.add_subscriber(&self.patterns, filter.clone(), filter);
                 self.pattern_count
                     .store(self.patterns.len(), Ordering::Relaxed);
                 rx
@@ -66,12 +95,19 @@ impl TopicRegistry {
         &self,
         map: &DashMap<K, Channel>,
         key: K,
+        filter: &Filter,
     ) -> DeliveryReceiver {
         let mut channel = map.entry(key).or_insert_with(|| {
             self.metrics.topics.inc();
+            // Told under the entry's lock, so watch and unwatch of one filter
+            // reach the cluster link in the order they happened.
+            if let Some(sender) = self.interest.get() {
+                Self::tell(sender, Interest::Watch(filter.clone()));
+            }
             Channel {
                 tx: broadcast::channel(self.capacity).0,
                 subscribers: 0,
+                glob: filter.is_pattern().then(|| glob_of(filter)),
             }
         });
         channel.subscribers += 1;
@@ -81,9 +117,9 @@ impl TopicRegistry {
     /// Removes one subscriber of `filter`; the channel goes when it was the last.
     pub(crate) fn unsubscribe(&self, filter: &Filter) {
         match filter.as_topic() {
-            Some(topic) => self.remove_subscriber(&self.topics, &topic),
+            Some(topic) => self.remove_subscriber(&self.topics, &topic, filter),
             None => {
-                self.remove_subscriber(&self.patterns, filter);
+                self.remove_subscriber(&self.patterns, filter, filter);
                 self.pattern_count
                     .store(self.patterns.len(), Ordering::Relaxed);
             }
@@ -91,14 +127,23 @@ impl TopicRegistry {
         self.metrics.subscriptions.dec();
     }
 
-    fn remove_subscriber<K: std::hash::Hash + Eq>(&self, map: &DashMap<K, Channel>, key: &K) {
+    fn remove_subscriber<K: std::hash::Hash + Eq>(
+        &self,
+        map: &DashMap<K, Channel>,
+        key: &K,
+        filter: &Filter,
+    ) {
         if let Some(mut channel) = map.get_mut(key) {
             channel.subscribers = channel.subscribers.saturating_sub(1);
         }
-        if map
-            .remove_if(key, |_, channel| channel.subscribers == 0)
-            .is_some()
-        {
+        let removed = map.remove_if(key, |_, channel| {
+            let last = channel.subscribers == 0;
+            if last && let Some(sender) = self.interest.get() {
+                Self::tell(sender, Interest::Unwatch(filter.clone()));
+            }
+            last
+        });
+        if removed.is_some() {
             self.metrics.topics.dec();
         }
     }
@@ -117,6 +162,28 @@ impl TopicRegistry {
         }
         if let Some(channel) = self.topics.get(delivery.topic.as_str()) {
             reached += channel.tx.send(Arc::new(delivery)).unwrap_or(0);
+        }
+        reached
+    }
+
+    /// Delivers a message from another node to the subscribers of its topic
+    /// (it arrived on the topic's Redis channel).
+    pub(crate) fn publish_remote_topic(&self, delivery: Delivery) -> usize {
+        match self.topics.get(delivery.topic.as_str()) {
+            Some(channel) => channel.tx.send(Arc::new(delivery)).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Delivers a message from another node to the patterns behind the Redis
+    /// glob it arrived through, when they match its topic exactly.
+    pub(crate) fn publish_remote_patterns(&self, delivery: Delivery, glob: &str) -> usize {
+        let mut reached = 0;
+        for entry in self.patterns.iter() {
+            if entry.glob.as_deref() == Some(glob) && entry.key().matches(delivery.topic.as_str()) {
+                let through = delivery.through_pattern(entry.key().clone());
+                reached += entry.tx.send(Arc::new(through)).unwrap_or(0);
+            }
         }
         reached
     }

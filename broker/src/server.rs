@@ -205,8 +205,12 @@ fn ws_config(config: &Config) -> WebSocketConfig {
 
 /// `GET /healthz`: 200 while serving, 503 while shutting down.
 async fn healthz(State(broker): State<Broker>) -> Response {
+    let cluster = broker.cluster_up();
     let (status, state) = if broker.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if cluster == Some(false) {
+        // Local clients are still served: ready, but say so.
+        (StatusCode::OK, "degraded")
     } else {
         (StatusCode::OK, "ok")
     };
@@ -214,6 +218,12 @@ async fn healthz(State(broker): State<Broker>) -> Response {
         status: state.into(),
         node: broker.node_id().to_string(),
         connections: broker.metrics().connections.get().max(0) as u64,
+        cluster: match cluster {
+            None => "off",
+            Some(true) => "up",
+            Some(false) => "down",
+        }
+        .into(),
     };
     json_response(status, starling_protocol::http::to_json(&body))
 }
@@ -315,6 +325,7 @@ pub async fn serve(
     use axum::serve::ListenerExt;
 
     let addr = listener.local_addr()?;
+    broker.join_cluster().map_err(io::Error::other)?;
     info!(%addr, node = %broker.node_id(), "listening");
     let stats = tokio::spawn(stats::run(broker.clone()));
     let app = router(broker.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -332,6 +343,7 @@ pub async fn serve(
         })
         .await?;
     stats.abort();
+    broker.leave_cluster();
     let deadline = broker.config().shutdown_timeout() + std::time::Duration::from_secs(1);
     if !broker.connections_closed(deadline).await {
         warn!("some connections did not close in time");

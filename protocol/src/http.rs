@@ -102,12 +102,16 @@ impl ErrorBody {
 /// The body of `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// `ok`, or `shutting_down` (with HTTP 503).
+    /// `ok`; `degraded` when the node is in a cluster and Redis is
+    /// unreachable (local clients are still served); `shutting_down` (HTTP 503).
     pub status: Cow<'static, str>,
     /// The node id.
     pub node: String,
     /// Open WebSocket connections.
     pub connections: u64,
+    /// The cluster link: `off` (single node), `up` or `down`.
+    #[serde(default)]
+    pub cluster: Cow<'static, str>,
 }
 
 /// Encodes any serializable value as a JSON body (for the broker's small

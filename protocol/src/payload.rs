@@ -353,6 +353,32 @@ impl Payload {
         }
     }
 
+    /// The payload as bytes for relaying between broker nodes: JSON text as
+    /// the publisher sent it, or a MessagePack encoding of the tree. The flag
+    /// says which ([`Payload::from_relay`] takes both back).
+    pub fn to_relay(&self) -> (bool, std::borrow::Cow<'_, [u8]>) {
+        match &self.0 {
+            Repr::Json(raw) => (true, std::borrow::Cow::Borrowed(raw.get().as_bytes())),
+            Repr::Value(v) => (
+                false,
+                std::borrow::Cow::Owned(rmp_serde::to_vec(&**v).unwrap_or_else(|_| vec![0xc0])),
+            ),
+        }
+    }
+
+    /// The payload back from [`Payload::to_relay`]'s bytes.
+    pub fn from_relay(json: bool, bytes: &[u8]) -> Result<Self, crate::CodecError> {
+        if json {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| crate::CodecError::Payload(e.to_string()))?;
+            Self::from_json(text)
+        } else {
+            crate::codec::from_msgpack::<Value>(bytes)
+                .map(Self::from_value)
+                .map_err(crate::CodecError::Payload)
+        }
+    }
+
     /// Decodes the payload into any deserializable type.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::CodecError> {
         match &self.0 {
@@ -468,6 +494,19 @@ mod tests {
         assert!(Payload::from_json("1e400").is_err());
         assert!(Payload::from_json("{\"a\":[-1.5e308, 12345678901234567890123]}").is_ok());
         assert!(Payload::from_json("-1.8e308").is_err());
+    }
+
+    #[test]
+    fn relay_bytes_round_trip() {
+        for p in [
+            Payload::from_json(r#"{"a": [1, "x"]}"#).unwrap(),
+            Payload::from_value(Value::Array(vec![Value::Bin(vec![1, 2]), Value::Int(-4)])),
+        ] {
+            let (json, bytes) = p.to_relay();
+            let back = Payload::from_relay(json, &bytes).unwrap();
+            assert_eq!(back, p);
+            assert_eq!(back.as_raw_json(), p.as_raw_json());
+        }
     }
 
     #[test]
