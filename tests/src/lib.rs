@@ -12,6 +12,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
+pub mod redis;
+
 pub use tokio_tungstenite::tungstenite;
 
 /// How long a test waits for anything from the network.
@@ -42,6 +44,38 @@ impl TestBroker {
         adjust(&mut config);
         let running = starling_broker::start(config).await.expect("broker starts");
         TestBroker { running }
+    }
+
+    /// A cluster node: a broker with id `node` joined to the Redis at
+    /// `redis_url`, returned once its Redis link is up.
+    pub async fn node(node: &str, redis_url: &str) -> Self {
+        Self::node_with(node, redis_url, |_| {}).await
+    }
+
+    /// A cluster node with a configuration adjusted by `adjust`.
+    pub async fn node_with(node: &str, redis_url: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        let broker = Self::with_config(|c| {
+            c.node_id = Some(node.into());
+            c.redis_url = Some(redis_url.into());
+            adjust(c);
+        })
+        .await;
+        broker.wait_cluster(true).await;
+        broker
+    }
+
+    /// Waits until the node's Redis link is up (or down).
+    pub async fn wait_cluster(&self, up: bool) {
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        while self.broker().cluster_up() != Some(up) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cluster link of {} not {}",
+                self.broker().node_id(),
+                if up { "up" } else { "down" }
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// `ws://ADDR/ws`.

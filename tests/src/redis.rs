@@ -1,0 +1,138 @@
+//! A real `redis-server` on a free loopback port, started and stopped by the
+//! test (Debian package `redis-server`).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A redis-server process owned by a test; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl RedisServer {
+    /// Starts a server with persistence off. Fails the test, naming the
+    /// package to install, when `redis-server` is missing.
+    pub fn start() -> Self {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+        };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install the Debian package `redis-server` \
+                     (.ci/run does this)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.command(&["PING"]).is_some_and(|r| r.contains("PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Sends one command (RESP) and returns the raw reply, or `None` when the
+    /// server does not answer.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = vec![0u8; 65536];
+        let n = stream.read(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+
+    /// How many subscribers Redis counts on `channel` (`PUBSUB NUMSUB`).
+    pub fn numsub(&self, channel: &str) -> u64 {
+        let reply = self
+            .command(&["PUBSUB", "NUMSUB", channel])
+            .unwrap_or_default();
+        // *2\r\n$N\r\n<channel>\r\n:<count>\r\n
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(':'))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// How many pattern subscriptions Redis has (`PUBSUB NUMPAT`).
+    pub fn numpat(&self) -> u64 {
+        let reply = self.command(&["PUBSUB", "NUMPAT"]).unwrap_or_default();
+        reply.trim().trim_start_matches(':').parse().unwrap_or(0)
+    }
+
+    /// Waits until `channel` has exactly `n` subscribers in Redis.
+    pub async fn wait_numsub(&self, channel: &str, n: u64) {
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            let got = self.numsub(channel);
+            if got == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel} has {got} subscribers in redis, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
