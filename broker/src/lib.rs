@@ -35,6 +35,6 @@ pub use config::{Config, LogFormat, SlowConsumerPolicy};
 pub use connection::IDLE_TIMEOUT_CLOSE;
 pub use delivery::Delivery;
 pub use metrics::{Metrics, Source};
-pub use registry::TopicRegistry;
+pub use registry::{DeliveryReceiver, TopicRegistry};
 pub use server::{RunningBroker, router, serve, start};
 pub use stats::STATS_TOPIC;

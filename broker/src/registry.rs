@@ -13,7 +13,7 @@ use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 
 /// The receiving end of a subscription.
-pub(crate) type DeliveryReceiver = broadcast::Receiver<Arc<Delivery>>;
+pub type DeliveryReceiver = broadcast::Receiver<Arc<Delivery>>;
 
 #[derive(Debug)]
 struct Channel {
@@ -42,7 +42,7 @@ pub struct TopicRegistry {
 
 impl TopicRegistry {
     /// A registry whose channels hold `capacity` messages per subscriber.
-    pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         TopicRegistry {
             topics: DashMap::new(),
             patterns: DashMap::new(),
@@ -77,7 +77,7 @@ impl TopicRegistry {
 
     /// Registers one subscriber of `filter` and returns its receiver, which
     /// sees every message published from now on.
-    pub(crate) fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
+    pub fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
         let rx = match filter.as_topic() {
             Some(topic) => self.add_subscriber(&self.topics, topic, filter),
             None => {
@@ -115,7 +115,7 @@ impl TopicRegistry {
     }
 
     /// Removes one subscriber of `filter`; the channel goes when it was the last.
-    pub(crate) fn unsubscribe(&self, filter: &Filter) {
+    pub fn unsubscribe(&self, filter: &Filter) {
         match filter.as_topic() {
             Some(topic) => self.remove_subscriber(&self.topics, &topic, filter),
             None => {
@@ -150,7 +150,7 @@ impl TopicRegistry {
 
     /// Sends `delivery` to the subscribers of its topic and of every pattern
     /// that matches it. Returns how many subscriptions it reached.
-    pub(crate) fn publish(&self, delivery: Delivery) -> usize {
+    pub fn publish(&self, delivery: Delivery) -> usize {
         let mut reached = 0;
         if self.pattern_count.load(Ordering::Relaxed) > 0 {
             for entry in self.patterns.iter() {
