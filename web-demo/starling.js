@@ -1,42 +1,521 @@
-// A small client for the Starling broker, JSON codec (starling.v1.json).
-export class StarlingClient {
-  constructor(url, { onState = () => {} } = {}) {
-    this.url = url;
-    this.onState = onState;
-    this.handlers = new Map();
-    this.connect();
-  }
+// starling.js: a small, dependency-free client for the Starling broker.
+//
+// JSON codec (subprotocol `starling.v1.json`), as an ES module usable in any
+// web app:
+//
+//   import { StarlingClient } from "/starling.js";
+//   const client = new StarlingClient("ws://127.0.0.1:7070/ws", {
+//     onState: (state) => console.log(state),
+//   });
+//   const stop = client.subscribe("chat.lobby", (msg) => console.log(msg.payload));
+//   client.publish("chat.lobby", { text: "hi" });
+//
+// The API is documented in README.md, section "Browser client".
 
-  connect() {
-    this.ws = new WebSocket(this.url, "starling.v1.json");
-    this.onState("connecting");
-    this.ws.onopen = () => {
-      this.onState("connected");
-      for (const topic of this.handlers.keys()) this.send({ type: "subscribe", topic });
-    };
-    this.ws.onmessage = (event) => {
-      const frame = JSON.parse(event.data);
-      if (frame.type === "message") {
-        const handler = this.handlers.get(frame.sub ?? frame.topic);
-        if (handler) handler(frame);
-      }
-    };
-    this.ws.onclose = () => {
-      this.onState("reconnecting");
-      setTimeout(() => this.connect(), 1000);
-    };
-  }
+/** Subprotocol offered in the handshake. */
+export const SUBPROTOCOL = "starling.v1.json";
 
-  send(frame) {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
-  }
-
-  subscribe(topic, handler) {
-    this.handlers.set(topic, handler);
-    this.send({ type: "subscribe", topic });
-  }
-
-  publish(topic, payload) {
-    this.send({ type: "publish", topic, payload });
+/**
+ * An `error` frame from the broker (`code` is a stable snake_case word such as
+ * `invalid_topic`), or a client-side failure: `timeout`, `disconnected`,
+ * `not_connected`, `closed`, `queue_full`, `terminated` (a terminal close
+ * code from the broker), `bad_url`.
+ */
+export class StarlingError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = "StarlingError";
+    this.code = code;
   }
 }
+
+/** Connection states reported to `onState`. */
+export const States = Object.freeze({
+  CONNECTING: "connecting",
+  CONNECTED: "connected",
+  RECONNECTING: "reconnecting",
+  CLOSED: "closed",
+});
+
+const DEFAULTS = {
+  minDelay: 250, // ms: cap of the first reconnect delay
+  maxDelay: 5000, // ms: largest reconnect delay
+  pingInterval: 20000, // ms between application-level pings (0: none)
+  pingTimeout: 10000, // ms without a pong before the connection is dropped
+  requestTimeout: 10000, // ms before publishWithAck / ping reject with `timeout`
+  connectTimeout: 10000, // ms for the handshake and the welcome frame
+  maxQueue: 1000, // frames kept while offline
+};
+
+/** A connection up this long resets the reconnect backoff. */
+const STABLE_AFTER_MS = 5000;
+
+/** Whether a close code means "do not come back" (policy, application refusals). */
+export function isTerminalClose(code) {
+  return code === 1008 || (code >= 4500 && code <= 4999);
+}
+
+/** Whether `topic` is a pattern (has a `*` or `>` token). */
+export function isPattern(topic) {
+  return topic.split(".").some((token) => token === "*" || token === ">");
+}
+
+/** `ws(s)://<this page's host>/ws`, for pages served by the broker itself. */
+export function defaultUrl() {
+  if (typeof location === "undefined") return "ws://127.0.0.1:7070/ws";
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+}
+
+function noop() {}
+
+export class StarlingClient {
+  /**
+   * @param {string} [url] `ws://host:port/ws` (default: this page's host).
+   * @param {object} [options] callbacks `onState(state, info)`, `onError(err)`,
+   *   `onLagged(topic, missed)`, `onWelcome(welcome)`; timings `minDelay`,
+   *   `maxDelay`, `pingInterval`, `pingTimeout`, `requestTimeout`,
+   *   `connectTimeout` (ms);
+   *   `maxQueue`; `WebSocket` (an implementation, for Node or tests).
+   */
+  constructor(url, options = {}) {
+    this.url = url || defaultUrl();
+    this.options = { ...DEFAULTS, ...options };
+    this.onState = options.onState || noop;
+    this.onError = options.onError || ((err) => console.warn("starling:", err.code, err.message));
+    this.onLagged = options.onLagged || noop;
+    this.onWelcome = options.onWelcome || noop;
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+
+    /** Current state: "connecting" | "connected" | "reconnecting" | "closed". */
+    this.state = null;
+    /** The broker's `welcome` frame on the current connection (node, limits). */
+    this.welcome = null;
+    /** Reconnect attempts since the last connection that lasted. */
+    this.attempts = 0;
+
+    this._ws = null;
+    this._nextId = 1;
+    this._subs = new Map(); // topic or pattern -> { handlers:Set, since, ready }
+    this._pending = new Map(); // id -> { resolve, reject, timer, kind, topic }
+    this._queue = []; // frames (objects) waiting for a connection
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._connectTimer = null;
+    this._connectedAt = 0;
+    this._everConnected = false;
+
+    if (typeof window !== "undefined" && window.addEventListener) {
+      // Back online: try at once rather than waiting for the backoff.
+      this._onOnline = () => {
+        if (this.state === States.RECONNECTING && this._retryTimer) {
+          clearTimeout(this._retryTimer);
+          this._retryTimer = null;
+          this._open();
+        }
+      };
+      window.addEventListener("online", this._onOnline);
+    }
+    this._setState(States.CONNECTING);
+    this._open();
+  }
+
+  /** Whether the connection is up (welcome received). */
+  get connected() {
+    return this.state === States.CONNECTED;
+  }
+
+  /**
+   * Subscribes `handler(msg)` to `topic` (a topic or a pattern such as
+   * `metrics.>`); `msg` is `{ topic, payload, offset, sub }`. Returns a
+   * function that unsubscribes this handler; its `ready` property is a
+   * Promise that resolves when the broker acknowledged the subscription
+   * (rejects with a StarlingError, also passed to `onError`, when refused).
+   * `since`: replay retained messages with offset greater than it first.
+   */
+  subscribe(topic, handler, { since } = {}) {
+    if (typeof handler !== "function") throw new TypeError("subscribe needs a handler function");
+    let sub = this._subs.get(topic);
+    if (!sub) {
+      sub = { topic, handlers: new Set(), since: since ?? undefined, acked: false };
+      sub.ready = new Promise((resolve, reject) => {
+        sub.resolve = resolve;
+        sub.reject = reject;
+      });
+      sub.ready.catch(noop); // failures also go to onError: never "unhandled"
+      this._subs.set(topic, sub);
+      if (this.connected) this._sendSubscribe(sub);
+    }
+    sub.handlers.add(handler);
+    const unsubscribe = () => this.unsubscribe(topic, handler);
+    unsubscribe.ready = sub.ready;
+    return unsubscribe;
+  }
+
+  /**
+   * Removes `handler` from `topic` (every handler when omitted); the broker
+   * is told once no handler is left.
+   */
+  unsubscribe(topic, handler) {
+    const sub = this._subs.get(topic);
+    if (!sub) return;
+    if (handler) sub.handlers.delete(handler);
+    else sub.handlers.clear();
+    if (sub.handlers.size > 0) return;
+    this._subs.delete(topic);
+    if (this.connected) this._send({ type: "unsubscribe", topic });
+  }
+
+  /** Topics and patterns currently subscribed. */
+  subscriptions() {
+    return [...this._subs.keys()];
+  }
+
+  /**
+   * Publishes `payload` (any JSON value) to `topic`, fire and forget. While
+   * offline the frame waits in a bounded queue and goes out on reconnect.
+   * Broker errors (for example `invalid_topic`) arrive at `onError`.
+   */
+  publish(topic, payload) {
+    this._sendOrQueue({ type: "publish", topic, payload });
+  }
+
+  /**
+   * Publishes and waits for the broker's answer: resolves with the offset
+   * the message got (undefined when the topic keeps no history), rejects
+   * with a StarlingError (`invalid_topic`, `message_too_large`, ...,
+   * `timeout`, `disconnected` when the connection dropped before the
+   * answer, `closed`).
+   */
+  publishWithAck(topic, payload) {
+    return this._request({ type: "publish", topic, payload }, "publish", true);
+  }
+
+  /** Application-level ping: resolves with the round trip in ms. */
+  ping() {
+    if (!this.connected) {
+      return Promise.reject(new StarlingError("not_connected", "not connected"));
+    }
+    const started = now();
+    return this._request({ type: "ping" }, "ping", false).then(() => now() - started);
+  }
+
+  /** Closes for good: no reconnect; pending requests reject with `closed`. */
+  close() {
+    if (this.state === States.CLOSED) return;
+    this._shutdown({ code: 1000, reason: "closed by the application" });
+    if (this._ws) {
+      const ws = this._ws;
+      this._detach(ws);
+      try {
+        ws.close(1000, "bye");
+      } catch {
+        // already closing
+      }
+    }
+  }
+
+  // ---- internals ----
+
+  _setState(state, info) {
+    if (this.state === state) return;
+    this.state = state;
+    try {
+      this.onState(state, info || {});
+    } catch (err) {
+      console.error("starling: onState threw", err);
+    }
+  }
+
+  _open() {
+    this._retryTimer = null;
+    if (this.state === States.CLOSED) return;
+    let ws;
+    try {
+      ws = new this.WebSocket(this.url, SUBPROTOCOL);
+    } catch (err) {
+      // A malformed URL throws: nothing will ever work.
+      this._shutdown({ code: 0, reason: String(err && err.message) });
+      this._reportError(new StarlingError("bad_url", String(err && err.message)));
+      return;
+    }
+    this._ws = ws;
+    ws.onmessage = (event) => this._onFrame(event.data);
+    ws.onclose = (event) => this._onClose(ws, event.code, event.reason);
+    // Browsers follow an error with a close event, some other implementations
+    // do not: give up on the socket at once either way.
+    ws.onerror = () => this._drop(ws, 1006, "connection error");
+    // A handshake (or welcome) that never comes: try again.
+    clearTimeout(this._connectTimer);
+    this._connectTimer = setTimeout(() => {
+      if (this._ws === ws && !this.connected) this._drop(ws, 4000, "connect timeout");
+    }, this.options.connectTimeout);
+  }
+
+  _detach(ws) {
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.onerror = null;
+    if (this._ws === ws) this._ws = null;
+  }
+
+  _onFrame(data) {
+    if (typeof data !== "string") return; // JSON codec: text only
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (!frame || typeof frame !== "object") return;
+    switch (frame.type) {
+      case "welcome":
+        return this._onWelcome(frame);
+      case "message":
+        return this._onMessage(frame);
+      case "ack":
+        return this._settle(frame.id, (p) => p.resolve(frame.offset ?? undefined));
+      case "pong":
+        if (frame.id !== undefined) this._settle(frame.id, (p) => p.resolve());
+        return;
+      case "error":
+        return this._onErrorFrame(frame);
+      case "lagged":
+        try {
+          this.onLagged(frame.topic, frame.missed);
+        } catch (err) {
+          console.error("starling: onLagged threw", err);
+        }
+        return;
+      default:
+        return; // unknown frame types are ignored (newer brokers)
+    }
+  }
+
+  _onWelcome(frame) {
+    clearTimeout(this._connectTimer);
+    this.welcome = frame;
+    const wasReconnect = this._everConnected;
+    this._everConnected = true;
+    this._connectedAt = now();
+    this._setState(States.CONNECTED, { node: frame.node, reconnected: wasReconnect });
+    try {
+      this.onWelcome(frame);
+    } catch (err) {
+      console.error("starling: onWelcome threw", err);
+    }
+    for (const sub of this._subs.values()) this._sendSubscribe(sub);
+    const queued = this._queue;
+    this._queue = [];
+    for (const item of queued) {
+      if (item.id !== undefined && !this._pending.has(item.id)) continue; // timed out meanwhile
+      this._send(item.frame);
+    }
+    this._startPing();
+  }
+
+  _onMessage(frame) {
+    const key = frame.sub ?? frame.topic;
+    const sub = this._subs.get(key);
+    if (!sub) return;
+    if (typeof frame.offset === "number" && !isPattern(sub.topic)) sub.since = frame.offset;
+    const msg = { topic: frame.topic, payload: frame.payload, offset: frame.offset, sub: frame.sub };
+    for (const handler of [...sub.handlers]) {
+      try {
+        handler(msg);
+      } catch (err) {
+        console.error("starling: handler for", key, "threw", err);
+      }
+    }
+  }
+
+  _onErrorFrame(frame) {
+    const err = new StarlingError(frame.code, frame.message);
+    if (frame.id !== undefined && this._pending.has(frame.id)) {
+      this._settle(frame.id, (p) => p.reject(err));
+      return;
+    }
+    this._reportError(err);
+  }
+
+  _reportError(err) {
+    try {
+      this.onError(err);
+    } catch (e) {
+      console.error("starling: onError threw", e);
+    }
+  }
+
+  _settle(id, fn) {
+    const pending = this._pending.get(id);
+    if (!pending) return;
+    this._pending.delete(id);
+    clearTimeout(pending.timer);
+    fn(pending);
+  }
+
+  _sendSubscribe(sub) {
+    const id = this._nextId++;
+    const frame = { type: "subscribe", id, topic: sub.topic };
+    if (sub.since !== undefined && sub.since !== null) frame.since = sub.since;
+    const pending = {
+      kind: "subscribe",
+      resolve: () => {
+        sub.acked = true;
+        sub.resolve();
+      },
+      reject: (err) => {
+        err.topic = sub.topic;
+        if (this._subs.get(sub.topic) === sub) this._subs.delete(sub.topic);
+        sub.reject(err);
+        this._reportError(err);
+      },
+      timer: null,
+    };
+    this._pending.set(id, pending);
+    this._send(frame);
+  }
+
+  _request(frame, kind, queueable) {
+    return new Promise((resolve, reject) => {
+      if (this.state === States.CLOSED) {
+        reject(new StarlingError("closed", "the client is closed"));
+        return;
+      }
+      const id = this._nextId++;
+      frame.id = id;
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new StarlingError("timeout", `no answer within ${this.options.requestTimeout} ms`));
+      }, this.options.requestTimeout);
+      this._pending.set(id, { kind, resolve, reject, timer, sent: this.connected });
+      if (this.connected) this._send(frame);
+      else if (queueable) this._enqueue({ frame, id });
+    });
+  }
+
+  _sendOrQueue(frame) {
+    if (this.state === States.CLOSED) return;
+    if (this.connected) this._send(frame);
+    else this._enqueue({ frame });
+  }
+
+  _enqueue(item) {
+    if (this._queue.length >= this.options.maxQueue) {
+      const dropped = this._queue.shift();
+      if (dropped.id !== undefined) {
+        this._settle(dropped.id, (p) =>
+          p.reject(new StarlingError("queue_full", "dropped from the offline queue")),
+        );
+      }
+    }
+    this._queue.push(item);
+  }
+
+  _send(frame) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    if (frame.id !== undefined) {
+      const pending = this._pending.get(frame.id);
+      if (pending) pending.sent = true;
+    }
+    ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  _startPing() {
+    this._stopPing();
+    const every = this.options.pingInterval;
+    if (!every) return;
+    this._pingTimer = setInterval(() => {
+      if (!this.connected) return;
+      const ws = this._ws;
+      const id = this._nextId++;
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        // No pong: the connection is dead even if the socket does not know yet.
+        if (this._ws === ws) this._drop(ws, 4000, "no pong from the broker");
+      }, this.options.pingTimeout);
+      this._pending.set(id, { kind: "keepalive", resolve: noop, reject: noop, timer, sent: true });
+      this._send({ type: "ping", id });
+    }, every);
+  }
+
+  _stopPing() {
+    if (this._pingTimer) clearInterval(this._pingTimer);
+    this._pingTimer = null;
+  }
+
+  /** Gives up on `ws` at once (no waiting for a close handshake). */
+  _drop(ws, code, reason) {
+    this._detach(ws);
+    try {
+      ws.close(code >= 3000 ? code : 1000, reason);
+    } catch {
+      // ignore
+    }
+    this._onClose(ws, code, reason);
+  }
+
+  _onClose(ws, code, reason) {
+    if (this._ws !== ws && this._ws !== null) return; // an old socket
+    this._detach(ws);
+    // The backoff starts over only after a connection that lasted: a broker
+    // that accepts and drops at once is not hammered.
+    if (this._connectedAt && now() - this._connectedAt > STABLE_AFTER_MS) this.attempts = 0;
+    this._connectedAt = 0;
+    clearTimeout(this._connectTimer);
+    this._stopPing();
+    this.welcome = null;
+    // Requests already on the wire get no answer now: their fate is unknown.
+    for (const [id, pending] of [...this._pending]) {
+      if (pending.kind === "subscribe") {
+        this._pending.delete(id); // resent from the subscription table
+      } else if (pending.sent) {
+        this._settle(id, (p) =>
+          p.reject(new StarlingError("disconnected", "the connection dropped before the answer")),
+        );
+      }
+    }
+    if (this.state === States.CLOSED) return;
+    if (isTerminalClose(code)) {
+      this._shutdown({ code, reason });
+      const why = `the broker closed the connection for good: ${code} ${reason || ""}`;
+      this._reportError(new StarlingError("terminated", why.trim()));
+      return;
+    }
+    this._setState(this._everConnected ? States.RECONNECTING : States.CONNECTING, { code, reason });
+    this._scheduleReconnect();
+  }
+
+  _scheduleReconnect() {
+    // Exponential backoff with full jitter: uniform in [0, cap], the cap
+    // doubling from minDelay up to maxDelay.
+    const { minDelay, maxDelay } = this.options;
+    const cap = Math.min(maxDelay, minDelay * 2 ** Math.min(this.attempts, 20));
+    const delay = Math.random() * cap;
+    this.attempts += 1;
+    this._retryTimer = setTimeout(() => this._open(), delay);
+  }
+
+  _shutdown(info) {
+    this._setState(States.CLOSED, info);
+    this._stopPing();
+    clearTimeout(this._connectTimer);
+    if (this._retryTimer) clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    if (this._onOnline) window.removeEventListener("online", this._onOnline);
+    const closed = new StarlingError("closed", "the client is closed");
+    for (const [id, pending] of [...this._pending]) {
+      if (pending.kind === "subscribe") this._settle(id, noop);
+      else this._settle(id, (p) => p.reject(closed));
+    }
+    this._queue = [];
+    for (const sub of this._subs.values()) if (!sub.acked) sub.reject(closed);
+  }
+}
+
+function now() {
+  return typeof performance !== "undefined" ? performance.now() : Date.now();
+}
+
+export default StarlingClient;
