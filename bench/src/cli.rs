@@ -1,0 +1,294 @@
+//! Command-line interface: one subcommand per scenario, with the flags they
+//! share flattened into each.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use starling_protocol::Codec;
+
+/// Load generator for a Starling broker.
+#[derive(Debug, Parser)]
+#[command(
+    name = "starling-bench",
+    version,
+    about = "Load generator for a Starling broker: fan-out, saturation, many topics, idle connections",
+    long_about = "Load generator for a Starling broker: fan-out, saturation, many topics, idle connections.\n\n\
+                  Run it against your own deployment, preferably with the broker and the bench pinned \
+                  to different cores (taskset), and pass --broker-pid to see the broker's CPU and memory."
+)]
+pub(crate) struct Cli {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub(crate) scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Scenario {
+    /// One publisher at a fixed rate to one topic with N subscribers.
+    Fanout(FanoutArgs),
+    /// One publisher keeping K publishes in flight (acked) as fast as the broker
+    /// takes them, to one topic with N subscribers.
+    Saturate(SaturateArgs),
+    /// Many topics: subscribers spread across them, publishers round-robin.
+    Topics(TopicsArgs),
+    /// Many idle connections, each subscribed to one topic: connection cost
+    /// and broker memory per connection.
+    Idle(IdleArgs),
+}
+
+impl Scenario {
+    /// The scenario's name, as in the report.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Saturate(_) => "saturate",
+            Scenario::Topics(_) => "topics",
+            Scenario::Idle(_) => "idle",
+        }
+    }
+}
+
+/// A codec on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CodecArg {
+    /// `starling.v1.json`: text frames.
+    Json,
+    /// `starling.v1.msgpack`: binary frames.
+    Msgpack,
+}
+
+impl From<CodecArg> for Codec {
+    fn from(c: CodecArg) -> Self {
+        match c {
+            CodecArg::Json => Codec::Json,
+            CodecArg::Msgpack => Codec::MsgPack,
+        }
+    }
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Common {
+    /// The broker's WebSocket URL (ws:// only). Nothing else is ever connected to.
+    #[arg(
+        long,
+        env = "STARLING_BENCH_URL",
+        default_value = "ws://127.0.0.1:7070/ws"
+    )]
+    pub(crate) url: String,
+
+    /// Codec of the subscriber connections (and of publishers unless --publisher-codec).
+    #[arg(long, value_enum, default_value_t = CodecArg::Json)]
+    pub(crate) codec: CodecArg,
+
+    /// The broker's process id: sample its CPU time and resident memory from /proc.
+    #[arg(long)]
+    pub(crate) broker_pid: Option<u32>,
+
+    /// Also print one machine-readable JSON summary line (after the table).
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// How many connection handshakes run at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) connect_concurrency: u32,
+
+    /// First token of every topic the bench uses.
+    #[arg(long, default_value = "bench")]
+    pub(crate) topic_prefix: String,
+
+    /// Read buffer of each subscriber connection, in bytes (10,000 connections
+    /// hold 10,000 of them).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub(crate) read_buffer_bytes: usize,
+}
+
+/// Flags of the scenarios that publish.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Load {
+    /// Codec of the publisher connections (default: --codec), to mix codecs.
+    #[arg(long, value_enum)]
+    pub(crate) publisher_codec: Option<CodecArg>,
+
+    /// Size of each encoded payload, in bytes: a send timestamp plus padding.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload_bytes: usize,
+
+    /// Seconds of publishing before the measured window, excluded from the stats.
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub(crate) warmup: Duration,
+
+    /// Seconds of the measured window.
+    #[arg(long, default_value = "10", value_parser = parse_positive_secs)]
+    pub(crate) duration: Duration,
+}
+
+/// How many subscriptions, on how many connections.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Subscribers {
+    /// Number of subscriptions.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) subscribers: u32,
+
+    /// Number of subscriber connections the subscriptions are spread over
+    /// (default: one per subscription).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) connections: Option<u32>,
+}
+
+/// `fanout`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FanoutArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) load: Load,
+    #[command(flatten)]
+    pub(crate) subs: Subscribers,
+    /// Messages per second published.
+    #[arg(long, default_value_t = 1000.0, value_parser = parse_rate)]
+    pub(crate) rate: f64,
+}
+
+/// `saturate`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SaturateArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) load: Load,
+    #[command(flatten)]
+    pub(crate) subs: Subscribers,
+    /// Publishes kept outstanding (sent with an `id`, not yet acked).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) in_flight: u32,
+}
+
+/// `topics`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TopicsArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) load: Load,
+    #[command(flatten)]
+    pub(crate) subs: Subscribers,
+    /// Number of topics.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) topics: u32,
+    /// Number of publisher connections; message k goes to topic k mod T.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) publishers: u32,
+    /// Messages per second published, over all publishers.
+    #[arg(long, default_value_t = 1000.0, value_parser = parse_rate)]
+    pub(crate) rate: f64,
+}
+
+/// `idle`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct IdleArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Number of idle connections, each subscribed to one topic.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) connections: u32,
+    /// Give each connection its own topic (default: all on one topic).
+    #[arg(long)]
+    pub(crate) distinct_topics: bool,
+    /// Seconds to hold the connections open once all are subscribed.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub(crate) hold: Duration,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{secs} s is out of range (0 to 86400)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    let d = parse_secs(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(d)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate in messages per second"))?;
+    if !(rate > 0.0 && rate <= 1e8) {
+        return Err(format!(
+            "{rate} msg/s is out of range (above 0, at most 1e8)"
+        ));
+    }
+    Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn readme_fanout_command_parses() {
+        let cli = Cli::parse_from([
+            "starling-bench",
+            "fanout",
+            "--subscribers",
+            "1000",
+            "--rate",
+            "200",
+            "--duration",
+            "20",
+            "--broker-pid",
+            "42",
+        ]);
+        let Scenario::Fanout(args) = cli.scenario else {
+            panic!("fanout parses as fanout")
+        };
+        assert_eq!(args.subs.subscribers, 1000);
+        assert_eq!(args.rate, 200.0);
+        assert_eq!(args.load.duration, Duration::from_secs(20));
+        assert_eq!(args.common.broker_pid, Some(42));
+        assert_eq!(args.common.url, "ws://127.0.0.1:7070/ws");
+    }
+
+    #[test]
+    fn idle_takes_connections_and_distinct_topics() {
+        let cli = Cli::parse_from([
+            "starling-bench",
+            "idle",
+            "--connections",
+            "10000",
+            "--distinct-topics",
+            "--hold",
+            "2.5",
+        ]);
+        let Scenario::Idle(args) = cli.scenario else {
+            panic!("idle parses as idle")
+        };
+        assert_eq!(args.connections, 10_000);
+        assert!(args.distinct_topics);
+        assert_eq!(args.hold, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_positive_secs("0").is_err());
+        assert!(parse_secs("-1").is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! `starling-bench`: a load generator for a Starling broker, to run against
+//! your own deployment (like `nats bench`).
+//!
+//! The subscriber connections all run on one current-thread runtime on one
+//! OS thread, the publishers on another, and the main thread steers the
+//! phases and samples the broker's /proc entries. See `bench/README.md`.
+
+mod cli;
+mod frame;
+mod procfs;
+mod publisher;
+mod report;
+mod scan;
+mod scenarios;
+mod stats;
+mod subscribers;
+mod ws;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let json = match &cli.scenario {
+        cli::Scenario::Fanout(a) => a.common.json,
+        cli::Scenario::Saturate(a) => a.common.json,
+        cli::Scenario::Topics(a) => a.common.json,
+        cli::Scenario::Idle(a) => a.common.json,
+    };
+    let summary = scenarios::run(&cli.scenario)?;
+    print!("{}", summary.table());
+    if json {
+        println!("{}", summary.json());
+    }
+    Ok(())
+}
