@@ -27,8 +27,9 @@ pub(crate) struct Cli {
 pub(crate) enum Scenario {
     /// One publisher at a fixed rate to one topic with N subscribers.
     Fanout(FanoutArgs),
-    /// One publisher keeping K publishes in flight (acked) as fast as the broker
-    /// takes them, to one topic with N subscribers.
+    /// One publisher keeping K messages in flight end to end (not yet received
+    /// by every subscriber) as fast as the broker delivers, to one topic with N
+    /// subscribers.
     Saturate(SaturateArgs),
     /// Many topics: subscribers spread across them, publishers round-robin.
     Topics(TopicsArgs),
@@ -160,7 +161,8 @@ pub(crate) struct SaturateArgs {
     pub(crate) load: Load,
     #[command(flatten)]
     pub(crate) subs: Subscribers,
-    /// Publishes kept outstanding (sent with an `id`, not yet acked).
+    /// Messages kept in flight: published and not yet received by every
+    /// subscriber (and not yet acked).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) in_flight: u32,
 }

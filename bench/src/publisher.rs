@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use futures_util::{FutureExt, SinkExt, StreamExt, stream};
 use starling_protocol::{Codec, Envelope};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::frame::PublishEncoder;
@@ -34,8 +35,46 @@ const READ_BUFFER: usize = 64 * 1024;
 pub(crate) enum Mode {
     /// This many messages per second in total, spread evenly over the publishers.
     Rate(f64),
-    /// Each publisher keeps this many publishes with an `id` unacknowledged.
+    /// At most this many messages per publisher are in flight end to end:
+    /// published but not yet received by every subscriber. (Publishes carry
+    /// ids and their acks are timed too.)
     Saturate { in_flight: usize },
+}
+
+/// Deliveries counted by the subscriber thread, read by the publishers: in
+/// `saturate`, a message is in flight until every subscriber has it, so the
+/// publishers go exactly as fast as the broker delivers, and nothing is
+/// dropped for lack of a bound.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    delivered: AtomicU64,
+    published: AtomicU64,
+    fanout: AtomicU64,
+    wake: Notify,
+}
+
+impl Progress {
+    /// Sets how many subscribers each message reaches.
+    pub(crate) fn set_fanout(&self, subscribers: u64) {
+        self.fanout.store(subscribers.max(1), Ordering::Relaxed);
+    }
+
+    /// Counts one delivery; wakes a publisher each time one more message has
+    /// (on average) reached every subscriber.
+    pub(crate) fn delivered_one(&self) {
+        let delivered = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        if delivered.is_multiple_of(self.fanout.load(Ordering::Relaxed).max(1)) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        let complete =
+            self.delivered.load(Ordering::Relaxed) / self.fanout.load(Ordering::Relaxed).max(1);
+        self.published
+            .load(Ordering::Relaxed)
+            .saturating_sub(complete)
+    }
 }
 
 /// What to publish.
@@ -48,6 +87,7 @@ pub(crate) struct PublisherPlan {
     pub(crate) topics: Arc<Vec<String>>,
     pub(crate) publishers: usize,
     pub(crate) mode: Mode,
+    pub(crate) progress: Arc<Progress>,
 }
 
 /// When to publish.
@@ -234,6 +274,7 @@ async fn run(
             schedule,
             report: PublisherReport::new(plan.topics.len(), encoder.payload_len()),
             pending: HashMap::new(),
+            progress: &plan.progress,
         };
         publisher.run(plan.mode, j, count)
     });
@@ -253,6 +294,7 @@ struct Publisher<'a> {
     report: PublisherReport,
     /// Unacknowledged publishes: id to send timestamp.
     pending: HashMap<u64, u64>,
+    progress: &'a Progress,
 }
 
 impl Publisher<'_> {
@@ -260,7 +302,7 @@ impl Publisher<'_> {
     async fn run(mut self, mode: Mode, j: usize, count: usize) -> PublisherReport {
         let open = match mode {
             Mode::Rate(total) => self.at_rate(total / count as f64, j, count).await,
-            Mode::Saturate { in_flight } => self.saturate(in_flight, j).await,
+            Mode::Saturate { in_flight } => self.saturate(in_flight * count, j).await,
         };
         if open {
             ws::close(&mut self.ws, CLOSE_WAIT).await;
@@ -348,16 +390,18 @@ impl Publisher<'_> {
             if Instant::now() >= self.schedule.end {
                 break;
             }
-            if self.pending.len() < in_flight {
-                while self.pending.len() < in_flight {
-                    if !self.publish(topic, Some(next_id)).await {
-                        return false;
-                    }
-                    next_id += 1;
-                }
-                if !self.flush().await {
+            // `in_flight` bounds all publishers together, end to end.
+            let mut wrote = false;
+            while self.pending.len() < in_flight && self.progress.in_flight() < in_flight as u64 {
+                if !self.publish(topic, Some(next_id)).await {
                     return false;
                 }
+                self.progress.published.fetch_add(1, Ordering::Relaxed);
+                next_id += 1;
+                wrote = true;
+            }
+            if wrote && !self.flush().await {
+                return false;
             }
             tokio::select! {
                 biased;
@@ -366,6 +410,9 @@ impl Publisher<'_> {
                         return false;
                     }
                 }
+                () = self.progress.wake.notified() => {}
+                // A wake-up can race with the check above; look again soon.
+                () = tokio::time::sleep(Duration::from_millis(2)) => {}
                 _ = &mut end => break,
             }
             // Take every answer that is already here before writing again.

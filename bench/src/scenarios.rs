@@ -10,7 +10,7 @@ use starling_protocol::{Codec, Topic};
 
 use crate::cli::{Common, IdleArgs, Load, Scenario, Subscribers as SubscriberArgs};
 use crate::procfs::ProcSample;
-use crate::publisher::{Mode, PublisherPlan, Publishers, Schedule};
+use crate::publisher::{Mode, Progress, PublisherPlan, Publishers, Schedule};
 use crate::report::{BrokerFigures, LoadFigures, SubscriberFigures, Summary};
 use crate::stats::{Window, now_ns};
 use crate::subscribers::{Ready, SubscriberPlan, SubscriberReport, Subscribers};
@@ -241,6 +241,7 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
         "connecting {connections} subscriber connections ({subscriptions} subscriptions on {} topics)...",
         topics.len()
     );
+    let progress = Arc::new(Progress::default());
     let plan = SubscriberPlan {
         url: common.url.clone(),
         codec,
@@ -248,8 +249,11 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
         per_connection,
         concurrency: common.connect_concurrency as usize,
         read_buffer_bytes: common.read_buffer_bytes,
+        progress: progress.clone(),
     };
     let (subscribers, ready) = Subscribers::start(plan.clone())?;
+    // Each message reaches the subscribers of its topic (on average over topics).
+    progress.set_fanout(ready.subscriptions / topics.len().max(1) as u64);
     let subscribed = sample(pid, &mut notes);
     eprintln!(
         "  {} connected, {} failed in {:.2} s",
@@ -272,6 +276,7 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
         topics,
         publishers: spec.publishers,
         mode: spec.mode,
+        progress,
     })?;
     if publisher_ready.connected == 0 {
         let _ = subscribers.finish(0);
@@ -441,6 +446,7 @@ fn run_idle(name: &'static str, args: &IdleArgs) -> Result<Summary> {
         per_connection,
         concurrency: common.connect_concurrency as usize,
         read_buffer_bytes: common.read_buffer_bytes,
+        progress: Arc::default(),
     };
 
     let mut notes = Vec::new();

@@ -20,6 +20,7 @@ use starling_protocol::{Codec, Envelope, Limits};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::publisher::Progress;
 use crate::scan::{self, Scan};
 use crate::stats::{SubscriberStats, Tally, Window, now_ns};
 use crate::ws::{self, Ws};
@@ -44,6 +45,8 @@ pub(crate) struct SubscriberPlan {
     /// Handshakes in progress at once.
     pub(crate) concurrency: usize,
     pub(crate) read_buffer_bytes: usize,
+    /// Every delivery is counted here for the publishers (end-to-end in flight).
+    pub(crate) progress: Arc<Progress>,
 }
 
 /// The subscribers, once every connection has been tried and subscribed.
@@ -141,6 +144,7 @@ struct Shared {
     stats: RefCell<SubscriberStats>,
     /// When the last delivery arrived, in ns since the epoch.
     last_delivery_ns: Cell<u64>,
+    progress: Arc<Progress>,
 }
 
 impl Shared {
@@ -167,6 +171,7 @@ impl Shared {
     fn delivery(&self, sent_ns: Option<u64>) {
         let now = now_ns();
         self.last_delivery_ns.set(now);
+        self.progress.delivered_one();
         self.stats
             .borrow_mut()
             .delivery(self.window.get(), sent_ns, now);
@@ -201,6 +206,7 @@ async fn run(
         window: Cell::new(Window::NONE),
         stats: RefCell::new(SubscriberStats::new()),
         last_delivery_ns: Cell::new(0),
+        progress: plan.progress.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 

@@ -65,7 +65,7 @@ pub struct Config {
     pub outbound_queue_bytes: usize,
 
     /// Size of each connection's read buffer, in bytes.
-    #[arg(long, env = "STARLING_READ_BUFFER_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "STARLING_READ_BUFFER_BYTES", default_value_t = 1024)]
     pub read_buffer_bytes: usize,
 
     /// What to do with a subscriber that falls behind.

@@ -383,7 +383,7 @@ impl Connection {
                             format!("slow consumer: missed {missed} messages on {filter}"),
                         ));
                     }
-                    warn!(conn_id = %self.id, topic = %filter, missed, "subscriber lagged");
+                    debug!(conn_id = %self.id, topic = %filter, missed, "subscriber lagged");
                     self.send(&Envelope::Lagged {
                         topic: filter.clone(),
                         missed,
