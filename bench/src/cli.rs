@@ -79,6 +79,11 @@ pub(crate) struct Common {
     )]
     pub(crate) url: String,
 
+    /// Where subscriber connections go, round-robin (repeat the flag, e.g. one
+    /// per cluster node); default: `--url`. Publishers always use `--url`.
+    #[arg(long = "subscriber-url", value_name = "URL")]
+    pub(crate) subscriber_urls: Vec<String>,
+
     /// Codec of the subscriber connections (and of publishers unless --publisher-codec).
     #[arg(long, value_enum, default_value_t = CodecArg::Json)]
     pub(crate) codec: CodecArg,

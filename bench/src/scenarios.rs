@@ -214,6 +214,19 @@ struct LoadSpec<'a> {
     subs: &'a SubscriberArgs,
 }
 
+impl Common {
+    /// The URLs subscriber connections go to.
+    fn subscriber_urls(&self) -> Result<Vec<String>> {
+        if self.subscriber_urls.is_empty() {
+            return Ok(vec![self.url.clone()]);
+        }
+        for url in &self.subscriber_urls {
+            ws::check_url(url)?;
+        }
+        Ok(self.subscriber_urls.clone())
+    }
+}
+
 fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
     let common = spec.common;
     ws::check_url(&common.url)?;
@@ -243,7 +256,7 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
     );
     let progress = Arc::new(Progress::default());
     let plan = SubscriberPlan {
-        url: common.url.clone(),
+        urls: common.subscriber_urls()?,
         codec,
         topics: topics.clone(),
         per_connection,
@@ -440,7 +453,7 @@ fn run_idle(name: &'static str, args: &IdleArgs) -> Result<Summary> {
         .map(|i| vec![if args.distinct_topics { i } else { 0 }])
         .collect();
     let plan = SubscriberPlan {
-        url: common.url.clone(),
+        urls: common.subscriber_urls()?,
         codec,
         topics: Arc::new(topics),
         per_connection,

@@ -36,7 +36,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Who subscribes to what.
 #[derive(Debug, Clone)]
 pub(crate) struct SubscriberPlan {
-    pub(crate) url: String,
+    /// Subscriber connection `i` goes to `urls[i % urls.len()]`.
+    pub(crate) urls: Vec<String>,
     pub(crate) codec: Codec,
     /// Every topic of the run.
     pub(crate) topics: Arc<Vec<String>>,
@@ -290,9 +291,10 @@ async fn connect_all(
     };
     let mut tasks = Vec::with_capacity(plan.per_connection.len());
     let config = ws::config(plan.read_buffer_bytes);
-    let mut connecting = stream::iter(&plan.per_connection)
-        .map(|topic_ixs| async move {
-            let (mut ws, limits) = ws::connect(&plan.url, plan.codec, config).await?;
+    let mut connecting = stream::iter(plan.per_connection.iter().enumerate())
+        .map(|(i, topic_ixs)| async move {
+            let url = &plan.urls[i % plan.urls.len()];
+            let (mut ws, limits) = ws::connect(url, plan.codec, config).await?;
             let names: Vec<&str> = topic_ixs.iter().map(|&i| plan.topics[i].as_str()).collect();
             let subscribed = ws::subscribe(&mut ws, plan.codec, &names).await?;
             let acked: Vec<usize> = subscribed.acked.iter().map(|&k| topic_ixs[k]).collect();
