@@ -1,15 +1,12 @@
 //! The accept loop survives running out of file descriptors: it backs off and
 //! keeps serving once descriptors are free again.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
 
 async fn connect(
     addr: &str,
@@ -33,32 +30,8 @@ async fn connect(
 
 #[tokio::test]
 async fn broker_keeps_serving_after_running_out_of_file_descriptors() {
-    // A shell lowers the limit, then becomes the broker.
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "ulimit -n 64 && exec {} --listen 127.0.0.1:0",
-                env!("CARGO_BIN_EXE_starling")
-            ),
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the starling binary");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("starling listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
+    // The shell lowers the limit, then becomes the broker.
+    let (mut child, addr) = common::start("ulimit -n 64 &&", "").await;
 
     // Open connections until the broker cannot take one more.
     let mut open = Vec::new();

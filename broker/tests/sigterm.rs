@@ -1,37 +1,16 @@
 //! The `starling` binary: it prints its address, and on SIGTERM closes every
 //! client with 1001 and exits 0.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
+use common::WAIT;
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-        .args(["--listen", "127.0.0.1:0", "--node-id", "sig"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the starling binary");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = timeout(WAIT, lines.next_line())
-        .await
-        .expect("address line in time")
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("starling listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
+    let (mut child, addr) = common::start("", "--node-id sig").await;
 
     let mut clients = Vec::new();
     for _ in 0..3 {
