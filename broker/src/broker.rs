@@ -163,7 +163,14 @@ impl Broker {
             return Ok(());
         };
         let (interest, interest_rx) = tokio::sync::mpsc::unbounded_channel();
-        let cluster = Cluster::start(self, url, &self.shared.config.redis_prefix, interest_rx)?;
+        let config = &self.shared.config;
+        let cluster = Cluster::start(
+            self,
+            url,
+            &config.redis_prefix,
+            config.redis_sharded,
+            interest_rx,
+        )?;
         if self.shared.cluster.set(cluster).is_ok() {
             self.shared.registry.report_interest(interest);
         }

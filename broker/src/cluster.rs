@@ -80,14 +80,24 @@ impl Cluster {
         broker: &Broker,
         url: &str,
         prefix: &str,
+        sharded: bool,
         interest: mpsc::UnboundedReceiver<Interest>,
     ) -> Result<Self, ClusterError> {
-        let client = redis::Client::open(url).map_err(ClusterError::InvalidUrl)?;
         let (outbound, outbound_rx) = mpsc::channel(RELAY_QUEUE);
         let up = Arc::new(AtomicBool::new(false));
         let names = Names {
             prefix: prefix.to_owned(),
         };
+        if sharded {
+            let tasks = sharded::start(broker, url, names, up.clone(), outbound_rx, interest)?;
+            info!(%prefix, "clustering through redis sharded pub/sub");
+            return Ok(Cluster {
+                outbound,
+                up,
+                tasks,
+            });
+        }
+        let client = redis::Client::open(url).map_err(ClusterError::InvalidUrl)?;
         let tasks = vec![
             tokio::spawn(relay_out(
                 client.clone(),
@@ -435,21 +445,22 @@ async fn relay_in(
 
 /// Delivers one message from another node to this node's subscribers.
 fn receive(broker: &Broker, names: &Names, message: &redis::Msg) {
-    let Some(relayed) = wire::decode(message.get_payload_bytes()) else {
-        warn!(
-            channel = message.get_channel_name(),
-            "undecodable relay message"
-        );
+    let glob = message.get_pattern::<Option<String>>().ok().flatten();
+    receive_bytes(broker, names, message.get_payload_bytes(), glob.as_deref());
+}
+
+/// Delivers one relayed message, which came through the Redis glob `glob`
+/// when it came through a pattern subscription.
+fn receive_bytes(broker: &Broker, names: &Names, bytes: &[u8], glob: Option<&str>) {
+    let Some(relayed) = wire::decode(bytes) else {
+        warn!("undecodable relay message");
         return;
     };
     if relayed.origin == &**broker.node_id() {
         return;
     }
     let (Ok(topic), Some(payload)) = (Topic::new(relayed.topic), relayed.payload()) else {
-        warn!(
-            channel = message.get_channel_name(),
-            "invalid relay message"
-        );
+        warn!(topic = relayed.topic, "invalid relay message");
         return;
     };
     let metrics = broker.metrics();
@@ -460,13 +471,196 @@ fn receive(broker: &Broker, names: &Names, message: &redis::Msg) {
     // A message matching both a channel and a glob arrives once for each:
     // a channel message goes to the topic's subscribers, a glob message to
     // the patterns behind that glob, so each subscription gets it once.
-    match message.get_pattern::<Option<String>>() {
-        Ok(Some(glob)) => {
-            let glob = names.topic_of(&glob).unwrap_or_default();
+    match glob {
+        Some(glob) => {
+            let glob = names.topic_of(glob).unwrap_or_default();
             broker.registry().publish_remote_patterns(delivery, glob);
         }
-        _ => {
+        None => {
             broker.registry().publish_remote_topic(delivery);
+        }
+    }
+}
+
+/// Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7) through a Redis
+/// Cluster: each topic's channel lives on the shard that owns its hash slot,
+/// so relay traffic spreads over the shards instead of reaching every one.
+/// Sharded pub/sub has no patterns: pattern subscriptions get the messages
+/// published on their own node only.
+mod sharded {
+    use redis::cluster::{ClusterClient, ClusterClientBuilder};
+    use redis::cluster_async::ClusterConnection;
+    use redis::{PushInfo, PushKind, Value};
+
+    use super::*;
+
+    pub(super) fn start(
+        broker: &Broker,
+        url: &str,
+        names: Names,
+        up: Arc<AtomicBool>,
+        outbound: mpsc::Receiver<Outbound>,
+        interest: mpsc::UnboundedReceiver<Interest>,
+    ) -> Result<Vec<JoinHandle<()>>, ClusterError> {
+        let receiver = broker.clone();
+        let receiving_names = names.clone();
+        // Messages are handed over by the client's own task, as they arrive.
+        let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            if push.kind == PushKind::SMessage
+                && let [Value::BulkString(_channel), Value::BulkString(payload)] =
+                    push.data.as_slice()
+            {
+                receive_bytes(&receiver, &receiving_names, payload, None);
+            }
+            Ok(())
+        };
+        let client = ClusterClientBuilder::new(vec![url])
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .connection_timeout(REDIS_TIMEOUT)
+            .response_timeout(REDIS_TIMEOUT)
+            .push_sender(on_push)
+            .build()
+            .map_err(ClusterError::InvalidUrl)?;
+        Ok(vec![tokio::spawn(run(
+            client,
+            broker.clone(),
+            names,
+            up,
+            outbound,
+            interest,
+        ))])
+    }
+
+    async fn run(
+        client: ClusterClient,
+        broker: Broker,
+        names: Names,
+        up: Arc<AtomicBool>,
+        mut outbound: mpsc::Receiver<Outbound>,
+        mut interest: mpsc::UnboundedReceiver<Interest>,
+    ) {
+        let metrics = broker.metrics();
+        let node = broker.node_id().clone();
+        let mut wanted = Wanted::new();
+        let mut attempt = 0u32;
+        let mut batch = Vec::with_capacity(RELAY_BATCH);
+        loop {
+            let mut conn: ClusterConnection =
+                match tokio::time::timeout(REDIS_TIMEOUT, client.get_async_connection()).await {
+                    Ok(Ok(conn)) => conn,
+                    _ => {
+                        up.store(false, Ordering::Relaxed);
+                        if attempt == 0 {
+                            warn!("redis cluster unreachable; serving local clients only");
+                        }
+                        let pause = tokio::time::sleep(backoff(attempt));
+                        tokio::pin!(pause);
+                        loop {
+                            tokio::select! {
+                                () = &mut pause => break,
+                                change = interest.recv() => match change {
+                                    Some(change) => { apply(&mut wanted, &names, &change); }
+                                    None => return,
+                                },
+                                n = outbound.recv_many(&mut batch, RELAY_BATCH) => {
+                                    if n == 0 { return; }
+                                    metrics.relay_failed.inc_by(batch.len() as u64);
+                                    batch.clear();
+                                }
+                            }
+                        }
+                        attempt = attempt.saturating_add(1);
+                        continue;
+                    }
+                };
+            // Sharded subscriptions are resubscribed by the client after a
+            // reconnect; on a new connection they are made again here.
+            let channels: Vec<&String> = wanted
+                .iter()
+                .filter(|(_, (glob, _))| !glob)
+                .map(|(n, _)| n)
+                .collect();
+            let mut restored = true;
+            for channel in channels {
+                if conn.ssubscribe(channel).await.is_err() {
+                    restored = false;
+                    break;
+                }
+            }
+            if !restored {
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
+            if attempt > 0 {
+                metrics.redis_reconnects.inc();
+                info!(subscriptions = wanted.len(), "redis cluster link restored");
+            }
+            up.store(true, Ordering::Relaxed);
+            // From here the cluster client reconnects (and resubscribes) by
+            // itself; the heartbeat tells whether the link is up.
+            let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    n = outbound.recv_many(&mut batch, RELAY_BATCH) => {
+                        if n == 0 {
+                            return;
+                        }
+                        let count = batch.len() as u64;
+                        let sends = batch.drain(..).map(|out| {
+                            let mut conn = conn.clone();
+                            let channel = names.channel(out.topic.as_str());
+                            let message = wire::encode(&node, &out);
+                            async move {
+                                redis::cmd("SPUBLISH")
+                                    .arg(channel)
+                                    .arg(message)
+                                    .query_async::<()>(&mut conn)
+                                    .await
+                            }
+                        });
+                        let results = futures_util::future::join_all(sends).await;
+                        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+                        metrics.relayed_out.inc_by(count - failed);
+                        if failed > 0 {
+                            metrics.relay_failed.inc_by(failed);
+                            up.store(false, Ordering::Relaxed);
+                        } else {
+                            up.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    change = interest.recv() => {
+                        let Some(change) = change else { return };
+                        if let Some((watch, false, name)) = apply(&mut wanted, &names, &change) {
+                            let result = if watch {
+                                conn.ssubscribe(&name).await
+                            } else {
+                                conn.sunsubscribe(&name).await
+                            };
+                            if let Err(error) = result {
+                                warn!(%error, channel = %name, "redis sharded (un)subscribe failed");
+                                up.store(false, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    _ = heartbeat.tick() => {
+                        let alive = tokio::time::timeout(
+                            REDIS_TIMEOUT,
+                            redis::cmd("PING").query_async::<()>(&mut conn),
+                        )
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                        let was = up.swap(alive, Ordering::Relaxed);
+                        if was != alive {
+                            if alive {
+                                metrics.redis_reconnects.inc();
+                                info!("redis cluster link restored");
+                            } else {
+                                warn!("redis cluster link lost; retrying");
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

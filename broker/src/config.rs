@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, env = "STARLING_REDIS_PREFIX", default_value = "starling")]
     pub redis_prefix: String,
 
+    /// Relay through sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) of a Redis
+    /// Cluster (Redis 7+): each topic's traffic goes to one shard only.
+    /// Patterns are then served from their own node's publishers only.
+    #[arg(long, env = "STARLING_REDIS_SHARDED", requires = "redis_url")]
+    pub redis_sharded: bool,
+
     /// Log format.
     #[arg(long, env = "STARLING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -19,6 +19,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Sends one command (RESP) to the server on `port`; returns the raw reply.
+fn raw_command(port: u16, args: &[&str]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = vec![0u8; 65536];
+    let n = stream.read(&mut reply).ok()?;
+    Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+}
+
 impl RedisServer {
     /// Starts a server with persistence off. Fails the test, naming the
     /// package to install, when `redis-server` is missing.
@@ -83,16 +97,7 @@ impl RedisServer {
     /// Sends one command (RESP) and returns the raw reply, or `None` when the
     /// server does not answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut reply = vec![0u8; 65536];
-        let n = stream.read(&mut reply).ok()?;
-        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+        raw_command(self.port, args)
     }
 
     /// How many subscribers Redis counts on `channel` (`PUBSUB NUMSUB`).
@@ -134,5 +139,169 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real Redis Cluster of three masters on free loopback ports, created with
+/// `redis-cli --cluster create` (Debian package `redis-server`, which brings
+/// `redis-tools`).
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them into one cluster.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "starling-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                        "--dir",
+                    ])
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot start redis-server ({e}): install the Debian package \
+                             `redis-server` (.ci/run does this)"
+                        )
+                    })
+            })
+            .collect();
+        let cluster = RedisCluster {
+            nodes,
+            ports,
+            _dir: TempDir(dir),
+        };
+        for port in &cluster.ports {
+            cluster.wait(*port, &["PING"], "PONG");
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let status = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): install `redis-tools`"));
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for port in &cluster.ports {
+            cluster.wait(*port, &["CLUSTER", "INFO"], "cluster_state:ok");
+        }
+        cluster
+    }
+
+    fn wait(&self, port: u16, command: &[&str], expect: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if raw_command(port, command).is_some_and(|r| r.contains(expect)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis node {port} did not answer {command:?} with {expect}");
+    }
+
+    /// The URL of the first node (any node works as a seed).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// Sends one command to every node; returns their replies.
+    pub fn each(&self, args: &[&str]) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|port| raw_command(*port, args).unwrap_or_default())
+            .collect()
+    }
+
+    /// Subscribers of sharded `channel` over the whole cluster
+    /// (`PUBSUB SHARDNUMSUB` on every node, added up).
+    pub fn shard_numsub(&self, channel: &str) -> u64 {
+        self.each(&["PUBSUB", "SHARDNUMSUB", channel])
+            .iter()
+            .filter_map(|reply| {
+                reply
+                    .lines()
+                    .find_map(|l| l.strip_prefix(':'))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Classic (unsharded) subscribers of `channel` over the whole cluster.
+    pub fn numsub(&self, channel: &str) -> u64 {
+        self.each(&["PUBSUB", "NUMSUB", channel])
+            .iter()
+            .filter_map(|reply| {
+                reply
+                    .lines()
+                    .find_map(|l| l.strip_prefix(':'))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Waits until sharded `channel` has `n` subscribers in the cluster.
+    pub async fn wait_shard_numsub(&self, channel: &str, n: u64) {
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            let got = self.shard_numsub(channel);
+            if got == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel} has {got} sharded subscribers, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
     }
 }
