@@ -473,7 +473,7 @@ impl Subscriptions {
 }
 
 /// Runs one connection until it ends, then logs one line about it.
-pub(crate) async fn run_connection<S>(ws: S, ctx: ConnCtx)
+pub(crate) async fn run_connection<S>(mut ws: S, ctx: ConnCtx)
 where
     S: Sink<Message, Error = WsError>
         + Stream<Item = Result<Message, WsError>>
@@ -491,14 +491,21 @@ where
         id, mut shutdown, ..
     } = admission;
     let started = Instant::now();
-    let config = broker.config().clone();
+    // Only what the loop needs: the task keeps no copy of the configuration.
+    let config = broker.config();
+    let rate_limit = config.rate_limit;
+    let bound = config.outbound_queue_bytes.max(1);
+    let ping = Duration::from_millis(config.ping_interval_ms);
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let write_timeout = config.write_timeout();
+    let shutdown_timeout = config.shutdown_timeout();
     broker.metrics().connections.inc();
     broker.metrics().connections_total.inc();
     info!(conn_id = %id, %peer, codec = ?codec, "connected");
 
     let now = Instant::now();
     let mut conn = Connection {
-        rate: (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit)),
+        rate: (rate_limit > 0).then(|| RateLimiter::new(rate_limit)),
         broker,
         id,
         codec,
@@ -516,11 +523,6 @@ where
         limits: conn.broker.limits().clone(),
     });
 
-    let mut ws = ws;
-    let bound = config.outbound_queue_bytes.max(1);
-    let ping = Duration::from_millis(config.ping_interval_ms);
-    let idle = Duration::from_millis(config.idle_timeout_ms);
-    let write_timeout = config.write_timeout();
     let timer = tokio::time::sleep_until(conn.next_deadline(ping, idle, write_timeout));
     tokio::pin!(timer);
     // Made once, so the connection registers with the shared shutdown signal
@@ -590,7 +592,7 @@ where
             conn.out.bytes = 0;
         }
         let deadline = if code == CloseCode::GoingAway.code() {
-            config.shutdown_timeout()
+            shutdown_timeout
         } else {
             Duration::from_secs(2)
         };
@@ -598,14 +600,13 @@ where
             code: WsCloseCode::from(code),
             reason: why.into(),
         })));
-        let _ = tokio::time::timeout(deadline, close_handshake(&mut conn.out, &mut ws)).await;
+        // Boxed: the closing steps take no room in every connection's state.
+        let closing = tokio::time::timeout(deadline, close_handshake(&mut conn.out, &mut ws));
+        let _ = Box::pin(closing).await;
     } else if !conn.out.is_idle() {
         // Send the answer to the peer's close frame.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            poll_fn(|cx| conn.out.poll_drain(Pin::new(&mut ws), cx)),
-        )
-        .await;
+        let answer = poll_fn(|cx| conn.out.poll_drain(Pin::new(&mut ws), cx));
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), answer)).await;
     }
     info!(
         conn_id = %id,
@@ -703,6 +704,6 @@ mod tests {
         };
         let task = run_connection(ws, ctx);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2048, "connection task state is {size} bytes");
+        assert!(size <= 1600, "connection task state is {size} bytes");
     }
 }
