@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use starling_protocol::{
     CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter, PROTOCOL_VERSION,
 };
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -29,10 +27,11 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Admission, Broker, ConnId};
 use crate::config::SlowConsumerPolicy;
-use crate::delivery::{Delivery, to_message};
+use crate::delivery::to_message;
 use crate::metrics::Source;
 use crate::rate::RateLimiter;
 use crate::registry::DeliveryReceiver;
+use crate::ring::Missed;
 
 /// Close code for a peer that sent nothing within the idle timeout.
 /// (An extension of PROTOCOL.md: 4000-4499 means the client may reconnect.)
@@ -44,6 +43,9 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// How many deliveries one subscription may hand over per wake-up before the
 /// task looks at its other work.
 const DRAIN_BUDGET: usize = 256;
+
+/// How many deliveries are taken under one lock of the topic's ring.
+const DRAIN_CHUNK: usize = 32;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -87,7 +89,6 @@ fn read_error_exit(error: WsError) -> Exit {
 struct Received {
     filter: Filter,
     rx: DeliveryReceiver,
-    result: Result<Arc<Delivery>, RecvError>,
 }
 
 type RecvFuture = Abortable<futures_util::future::BoxFuture<'static, Received>>;
@@ -352,52 +353,50 @@ impl Connection {
         self.ack(id, None);
     }
 
-    /// Handles what one subscription's receiver produced, then drains what
-    /// else it has ready, within the budget and the outbound queue bound.
+    /// Takes what one subscription has ready, within the budget and the
+    /// outbound queue bound, then waits on it again.
     fn on_received(&mut self, received: Received, bound: usize) -> Option<Exit> {
-        let Received {
-            filter,
-            mut rx,
-            result,
-        } = received;
-        let mut next = result.map_err(|e| match e {
-            RecvError::Lagged(n) => TryRecvError::Lagged(n),
-            RecvError::Closed => TryRecvError::Closed,
-        });
+        let Received { filter, mut rx } = received;
+        let codec = self.codec;
         let mut budget = DRAIN_BUDGET;
-        loop {
-            match next {
+        let mut missed_total = 0;
+        while budget > 0 && self.out.bytes < bound {
+            let out = &mut self.out;
+            let taken = rx.drain(budget.min(DRAIN_CHUNK), |item| match item {
                 Ok(delivery) => {
-                    if let Some(message) = delivery.frame(self.codec) {
-                        self.out.push(message.clone());
-                        self.out.delivered += 1;
+                    if let Some(message) = delivery.frame(codec) {
+                        out.push(message.clone());
+                        out.delivered += 1;
                     }
                 }
-                Err(TryRecvError::Lagged(missed)) => {
-                    let metrics = self.broker.metrics();
-                    metrics.lagged_events.inc();
-                    metrics.lagged_messages.inc_by(missed);
-                    if self.broker.config().slow_consumer == SlowConsumerPolicy::Disconnect {
-                        return Some(Exit::close(
-                            CloseCode::SlowConsumer,
-                            format!("slow consumer: missed {missed} messages on {filter}"),
-                        ));
-                    }
-                    debug!(conn_id = %self.id, topic = %filter, missed, "subscriber lagged");
-                    self.send(&Envelope::Lagged {
+                // Reported first, before what comes after the gap.
+                Err(Missed::Lagged(missed)) => {
+                    missed_total += missed;
+                    let lagged = Envelope::Lagged {
                         topic: filter.clone(),
                         missed,
-                    });
+                    };
+                    if let Ok(frame) = codec.encode(&lagged) {
+                        out.push(to_message(frame));
+                    }
                 }
-                Err(TryRecvError::Empty) => break,
-                // The channel is gone: the subscription ended.
-                Err(TryRecvError::Closed) => return None,
-            }
-            budget -= 1;
-            if budget == 0 || self.out.bytes >= bound {
+            });
+            if taken == 0 {
                 break;
             }
-            next = rx.try_recv();
+            budget = budget.saturating_sub(taken);
+        }
+        if missed_total > 0 {
+            let metrics = self.broker.metrics();
+            metrics.lagged_events.inc();
+            metrics.lagged_messages.inc_by(missed_total);
+            debug!(conn_id = %self.id, topic = %filter, missed = missed_total, "subscriber lagged");
+            if self.broker.config().slow_consumer == SlowConsumerPolicy::Disconnect {
+                return Some(Exit::close(
+                    CloseCode::SlowConsumer,
+                    format!("slow consumer: missed {missed_total} messages on {filter}"),
+                ));
+            }
         }
         // Still subscribed? Wait for the next one.
         if let Some(abort) = self.subs.active.get_mut(&filter) {
@@ -464,8 +463,8 @@ impl Subscriptions {
         registration: futures_util::stream::AbortRegistration,
     ) {
         let fut = async move {
-            let result = rx.recv().await;
-            Received { filter, rx, result }
+            rx.ready().await;
+            Received { filter, rx }
         }
         .boxed();
         self.waiting.push(Abortable::new(fut, registration));

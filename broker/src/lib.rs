@@ -25,6 +25,7 @@ mod delivery;
 mod metrics;
 mod rate;
 mod registry;
+pub mod ring;
 mod server;
 mod stats;
 mod web;

@@ -1,0 +1,296 @@
+//! A topic's broadcast ring: every receiver sees every message sent after it
+//! subscribed, in order, unless it falls more than `capacity` messages
+//! behind, in which case it is told how many it missed.
+//!
+//! Unlike a ring allocated whole when the topic appears, this one holds only
+//! the messages some receiver has not read yet: an idle topic costs a few
+//! dozen bytes, however large `capacity` is. A message is dropped as soon as
+//! every receiver that was there when it was sent has taken it. Receivers take
+//! everything ready under one lock ([`Receiver::drain`]), so a connection that
+//! fell behind catches up at one lock per batch, not per message.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// What a receiver gets besides messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// This many messages were dropped for this receiver (it fell behind).
+    Lagged(u64),
+}
+
+struct Slot<T> {
+    value: T,
+    /// Receivers that were there when it was sent and have not taken it.
+    remaining: usize,
+}
+
+struct Inner<T> {
+    /// Messages with sequence numbers `head..head + slots.len()`.
+    slots: VecDeque<Slot<T>>,
+    head: u64,
+    capacity: usize,
+    receivers: usize,
+    /// Receivers waiting for the next message; taken by the next send.
+    waiting: Vec<Waker>,
+}
+
+impl<T> Inner<T> {
+    fn tail(&self) -> u64 {
+        self.head + self.slots.len() as u64
+    }
+
+    /// Drops the messages at the front that every receiver has taken.
+    fn release(&mut self) {
+        while self.slots.front().is_some_and(|s| s.remaining == 0) {
+            self.slots.pop_front();
+            self.head += 1;
+        }
+        if self.slots.is_empty() && self.slots.capacity() > 64 {
+            self.slots.shrink_to(16);
+        }
+    }
+}
+
+/// The sending side, held by the topic registry.
+pub struct Sender<T> {
+    shared: Arc<Mutex<Inner<T>>>,
+}
+
+/// One subscription's position in the ring.
+pub struct Receiver<T> {
+    shared: Arc<Mutex<Inner<T>>>,
+    next: u64,
+    /// The tail at which this receiver's waker was queued, while it is queued.
+    waiting_at: Option<u64>,
+}
+
+fn lock<T>(shared: &Mutex<Inner<T>>) -> MutexGuard<'_, Inner<T>> {
+    // A panic while holding the lock leaves the ring consistent (every
+    // operation completes its bookkeeping before anything can panic).
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A ring keeping at most `capacity` unread messages per receiver.
+pub fn channel<T: Clone>(capacity: usize) -> Sender<T> {
+    Sender {
+        shared: Arc::new(Mutex::new(Inner {
+            slots: VecDeque::new(),
+            head: 0,
+            capacity: capacity.max(1),
+            receivers: 0,
+            waiting: Vec::new(),
+        })),
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = lock(&self.shared);
+        f.debug_struct("Sender")
+            .field("receivers", &inner.receivers)
+            .field("queued", &inner.slots.len())
+            .field("capacity", &inner.capacity)
+            .finish()
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl<T: Clone> Sender<T> {
+    /// A new receiver that sees every message sent from now on.
+    pub fn subscribe(&self) -> Receiver<T> {
+        let mut inner = lock(&self.shared);
+        inner.receivers += 1;
+        Receiver {
+            next: inner.tail(),
+            shared: self.shared.clone(),
+            waiting_at: None,
+        }
+    }
+
+    /// Sends `value` to every receiver; returns how many there are. When the
+    /// ring is full, the oldest message is dropped for the receivers that
+    /// have not taken it (they will be told).
+    pub fn send(&self, value: T) -> usize {
+        let (receivers, waiting) = {
+            let mut inner = lock(&self.shared);
+            if inner.receivers == 0 {
+                return 0;
+            }
+            if inner.slots.len() >= inner.capacity {
+                inner.slots.pop_front();
+                inner.head += 1;
+            }
+            let remaining = inner.receivers;
+            inner.slots.push_back(Slot { value, remaining });
+            (remaining, std::mem::take(&mut inner.waiting))
+        };
+        for waker in waiting {
+            waker.wake();
+        }
+        receivers
+    }
+
+    /// How many receivers there are.
+    pub fn receiver_count(&self) -> usize {
+        lock(&self.shared).receivers
+    }
+}
+
+impl<T: Clone> Receiver<T> {
+    /// Hands every message that is ready (up to `max`) to `each`, in order,
+    /// after reporting what was missed, if anything; all under one lock.
+    /// Returns how many messages were handed over.
+    pub fn drain(&mut self, max: usize, mut each: impl FnMut(Result<&T, Missed>)) -> usize {
+        let mut inner = lock(&self.shared);
+        if self.next < inner.head {
+            each(Err(Missed::Lagged(inner.head - self.next)));
+            self.next = inner.head;
+        }
+        let mut taken = 0;
+        while taken < max && self.next < inner.tail() {
+            let index = (self.next - inner.head) as usize;
+            let slot = &mut inner.slots[index];
+            slot.remaining = slot.remaining.saturating_sub(1);
+            each(Ok(&slot.value));
+            self.next += 1;
+            taken += 1;
+        }
+        if taken > 0 {
+            inner.release();
+        }
+        taken
+    }
+
+    /// Whether a message (or a lag notice) is ready; otherwise registers
+    /// `cx`'s waker for the next send.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = lock(&self.shared);
+        if self.next < inner.tail() || self.next < inner.head {
+            return Poll::Ready(());
+        }
+        let tail = inner.tail();
+        // Queued already for this tail: the next send wakes it.
+        if self.waiting_at != Some(tail) {
+            inner.waiting.push(cx.waker().clone());
+            self.waiting_at = Some(tail);
+        }
+        Poll::Pending
+    }
+
+    /// Waits until a message (or a lag notice) is ready.
+    pub async fn ready(&mut self) {
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.shared);
+        inner.receivers -= 1;
+        // Messages this receiver was counted for but never took.
+        let from = self.next.max(inner.head);
+        for seq in from..inner.tail() {
+            let index = (seq - inner.head) as usize;
+            let slot = &mut inner.slots[index];
+            slot.remaining = slot.remaining.saturating_sub(1);
+        }
+        inner.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(rx: &mut Receiver<u32>) -> Vec<Result<u32, Missed>> {
+        let mut got = Vec::new();
+        rx.drain(usize::MAX, |m| got.push(m.copied()));
+        got
+    }
+
+    #[test]
+    fn receivers_see_what_was_sent_after_they_subscribed() {
+        let tx = channel(8);
+        assert_eq!(tx.send(0), 0);
+        let mut a = tx.subscribe();
+        assert_eq!(tx.send(1), 1);
+        let mut b = tx.subscribe();
+        assert_eq!(tx.send(2), 2);
+        assert_eq!(take(&mut a), vec![Ok(1), Ok(2)]);
+        assert_eq!(take(&mut b), vec![Ok(2)]);
+        assert_eq!(take(&mut a), vec![]);
+    }
+
+    #[test]
+    fn a_slow_receiver_is_told_exactly_how_many_it_missed() {
+        let tx = channel(4);
+        let mut slow = tx.subscribe();
+        let mut fast = tx.subscribe();
+        for i in 0..10 {
+            tx.send(i);
+            assert_eq!(take(&mut fast), vec![Ok(i)]);
+        }
+        assert_eq!(
+            take(&mut slow),
+            vec![Err(Missed::Lagged(6)), Ok(6), Ok(7), Ok(8), Ok(9)]
+        );
+    }
+
+    #[test]
+    fn messages_are_released_once_everyone_took_them() {
+        let tx = channel(1024);
+        let mut a = tx.subscribe();
+        let b = tx.subscribe();
+        for i in 0..100 {
+            tx.send(i);
+        }
+        assert_eq!(lock(&tx.shared).slots.len(), 100);
+        take(&mut a);
+        assert_eq!(lock(&tx.shared).slots.len(), 100, "b has not taken them");
+        drop(b);
+        assert_eq!(lock(&tx.shared).slots.len(), 0);
+        assert_eq!(tx.receiver_count(), 1);
+    }
+
+    #[test]
+    fn drain_respects_its_budget() {
+        let tx = channel(16);
+        let mut rx = tx.subscribe();
+        for i in 0..10 {
+            tx.send(i);
+        }
+        let mut got = Vec::new();
+        assert_eq!(rx.drain(3, |m| got.push(*m.unwrap())), 3);
+        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(rx.drain(100, |_| {}), 7);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken_by_the_next_send() {
+        let tx = channel(4);
+        let mut rx = tx.subscribe();
+        let waiter = tokio::spawn(async move {
+            rx.ready().await;
+            take(&mut rx)
+        });
+        tokio::task::yield_now().await;
+        tx.send(7u32);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, vec![Ok(7)]);
+    }
+}
