@@ -178,6 +178,8 @@ impl<T: Clone> Receiver<T> {
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = lock(&self.shared);
         if self.next < inner.tail() || self.next < inner.head {
+            // Any queued waker was for an earlier tail and has been taken.
+            self.waiting_at = None;
             return Poll::Ready(());
         }
         let tail = inner.tail();
