@@ -141,6 +141,10 @@ impl Config {
             subscriber_buffer: self.subscriber_buffer as u64,
             ping_interval_ms: self.ping_interval_ms,
             idle_timeout_ms: self.idle_timeout_ms,
+            max_frame_bytes: self.hard_message_limit() as u64,
+            outbound_queue_bytes: self.outbound_queue_bytes as u64,
+            rate_limit: u64::from(self.rate_limit),
+            max_connections: self.max_connections as u64,
         }
     }
 

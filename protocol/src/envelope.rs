@@ -29,6 +29,16 @@ pub struct Limits {
     /// How long the broker waits for any frame before it closes an idle peer,
     /// in milliseconds (0: forever).
     pub idle_timeout_ms: u64,
+    /// The largest WebSocket message or frame the broker reads at all (twice
+    /// `max_message_bytes`): over it the connection is closed with 1009.
+    pub max_frame_bytes: u64,
+    /// Bytes the broker queues for this connection before it stops taking
+    /// more messages for it (then it lags).
+    pub outbound_queue_bytes: u64,
+    /// Frames per second this connection may send (0: unlimited).
+    pub rate_limit: u64,
+    /// Connections the broker accepts at once.
+    pub max_connections: u64,
 }
 
 impl Default for Limits {
@@ -40,6 +50,10 @@ impl Default for Limits {
             subscriber_buffer: 1024,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
+            max_frame_bytes: 2 * 1024 * 1024,
+            outbound_queue_bytes: 64 * 1024,
+            rate_limit: 0,
+            max_connections: 100_000,
         }
     }
 }

@@ -404,13 +404,17 @@ fn opt_id() -> impl Strategy<Value = Option<u64>> {
 fn limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
         Just(Limits::default()),
-        any::<[u64; 6]>().prop_map(|l| Limits {
+        any::<[u64; 10]>().prop_map(|l| Limits {
             max_message_bytes: l[0],
             max_subscriptions: l[1],
             max_topic_bytes: l[2],
             subscriber_buffer: l[3],
             ping_interval_ms: l[4],
             idle_timeout_ms: l[5],
+            max_frame_bytes: l[6],
+            outbound_queue_bytes: l[7],
+            rate_limit: l[8],
+            max_connections: l[9],
         }),
     ]
 }
@@ -529,6 +533,10 @@ fn value_for(key: &'static str) -> BoxedStrategy<Value> {
                     "subscriber_buffer",
                     "ping_interval_ms",
                     "idle_timeout_ms",
+                    "max_frame_bytes",
+                    "outbound_queue_bytes",
+                    "rate_limit",
+                    "max_connections",
                     "future_limit",
                 ]),
                 prop_oneof![8 => uint(), 1 => field_value().boxed()],

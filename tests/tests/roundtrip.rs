@@ -26,6 +26,9 @@ async fn welcome_announces_version_node_codec_and_limits() {
         assert_eq!(format!("{codec:?}"), name);
         assert_eq!(limits.max_message_bytes, 1024 * 1024);
         assert_eq!(limits.max_subscriptions, 1024);
+        assert_eq!(limits.max_frame_bytes, 2 * 1024 * 1024);
+        assert_eq!(limits.outbound_queue_bytes, 64 * 1024);
+        assert_eq!(limits.max_connections, 100_000);
     }
     broker.stop().await;
 }
