@@ -351,6 +351,53 @@ fn apply(wanted: &mut Wanted, names: &Names, interest: &Interest) -> Option<(boo
     }
 }
 
+/// Waiting out a backoff while Redis is unreachable.
+struct Offline<'a> {
+    pause: Duration,
+    wanted: &'a mut Wanted,
+    names: &'a Names,
+    metrics: &'a crate::metrics::Metrics,
+}
+
+impl Offline<'_> {
+    /// Keeps track of interest changes meanwhile (and, when given the relay
+    /// queue, drops what waits to be relayed, counted as failed). Returns
+    /// false when the broker is gone.
+    async fn wait(
+        self,
+        interest: &mut mpsc::UnboundedReceiver<Interest>,
+        mut outbound: Option<(&mut mpsc::Receiver<Outbound>, &mut Vec<Outbound>)>,
+    ) -> bool {
+        let pause = tokio::time::sleep(self.pause);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => return true,
+                change = interest.recv() => match change {
+                    Some(change) => {
+                        apply(self.wanted, self.names, &change);
+                    }
+                    None => return false,
+                },
+                n = async {
+                    match outbound.as_mut() {
+                        Some((queue, batch)) => queue.recv_many(batch, RELAY_BATCH).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if n == 0 {
+                        return false;
+                    }
+                    if let Some((_, batch)) = outbound.as_mut() {
+                        self.metrics.relay_failed.inc_by(batch.len() as u64);
+                        batch.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Receives other nodes' messages and keeps the Redis subscriptions equal
 /// to this node's local interest, reconnecting when Redis goes away.
 async fn relay_in(
@@ -375,17 +422,14 @@ async fn relay_in(
                     warn!(error = %why, "redis unreachable; serving local clients only");
                 }
                 up.store(false, Ordering::Relaxed);
-                // Keep track of interest while waiting.
-                let pause = tokio::time::sleep(backoff(attempt));
-                tokio::pin!(pause);
-                loop {
-                    tokio::select! {
-                        () = &mut pause => break,
-                        change = interest.recv() => match change {
-                            Some(change) => { apply(&mut wanted, &names, &change); }
-                            None => return,
-                        },
-                    }
+                let offline = Offline {
+                    pause: backoff(attempt),
+                    wanted: &mut wanted,
+                    names: &names,
+                    metrics,
+                };
+                if !offline.wait(&mut interest, None).await {
+                    return;
                 }
                 attempt = attempt.saturating_add(1);
                 continue;
@@ -553,21 +597,17 @@ mod sharded {
                         if attempt == 0 {
                             warn!("redis cluster unreachable; serving local clients only");
                         }
-                        let pause = tokio::time::sleep(backoff(attempt));
-                        tokio::pin!(pause);
-                        loop {
-                            tokio::select! {
-                                () = &mut pause => break,
-                                change = interest.recv() => match change {
-                                    Some(change) => { apply(&mut wanted, &names, &change); }
-                                    None => return,
-                                },
-                                n = outbound.recv_many(&mut batch, RELAY_BATCH) => {
-                                    if n == 0 { return; }
-                                    metrics.relay_failed.inc_by(batch.len() as u64);
-                                    batch.clear();
-                                }
-                            }
+                        let offline = Offline {
+                            pause: backoff(attempt),
+                            wanted: &mut wanted,
+                            names: &names,
+                            metrics,
+                        };
+                        if !offline
+                            .wait(&mut interest, Some((&mut outbound, &mut batch)))
+                            .await
+                        {
+                            return;
                         }
                         attempt = attempt.saturating_add(1);
                         continue;

@@ -19,6 +19,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The first integer (`:N`) of a raw RESP reply.
+fn first_integer(reply: &str) -> Option<u64> {
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Polls `count` until it returns `n`, failing the test after [`crate::WAIT`].
+async fn wait_count(what: &str, n: u64, count: impl Fn() -> u64) {
+    let deadline = Instant::now() + crate::WAIT;
+    loop {
+        let got = count();
+        if got == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} is {got}, expected {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sends one command (RESP) to the server on `port`; returns the raw reply.
 fn raw_command(port: u16, args: &[&str]) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -121,18 +142,8 @@ impl RedisServer {
 
     /// Waits until `channel` has exactly `n` subscribers in Redis.
     pub async fn wait_numsub(&self, channel: &str, n: u64) {
-        let deadline = Instant::now() + crate::WAIT;
-        loop {
-            let got = self.numsub(channel);
-            if got == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{channel} has {got} subscribers in redis, expected {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("the redis subscriber count of {channel}");
+        wait_count(&what, n, || self.numsub(channel)).await;
     }
 }
 
@@ -258,12 +269,7 @@ impl RedisCluster {
     pub fn shard_numsub(&self, channel: &str) -> u64 {
         self.each(&["PUBSUB", "SHARDNUMSUB", channel])
             .iter()
-            .filter_map(|reply| {
-                reply
-                    .lines()
-                    .find_map(|l| l.strip_prefix(':'))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
+            .filter_map(|reply| first_integer(reply))
             .sum()
     }
 
@@ -271,29 +277,14 @@ impl RedisCluster {
     pub fn numsub(&self, channel: &str) -> u64 {
         self.each(&["PUBSUB", "NUMSUB", channel])
             .iter()
-            .filter_map(|reply| {
-                reply
-                    .lines()
-                    .find_map(|l| l.strip_prefix(':'))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
+            .filter_map(|reply| first_integer(reply))
             .sum()
     }
 
     /// Waits until sharded `channel` has `n` subscribers in the cluster.
     pub async fn wait_shard_numsub(&self, channel: &str, n: u64) {
-        let deadline = Instant::now() + crate::WAIT;
-        loop {
-            let got = self.shard_numsub(channel);
-            if got == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{channel} has {got} sharded subscribers, expected {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("the sharded subscriber count of {channel}");
+        wait_count(&what, n, || self.shard_numsub(channel)).await;
     }
 }
 
