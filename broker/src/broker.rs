@@ -11,7 +11,9 @@ use tokio::sync::{Semaphore, watch};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::history::{HistoryPolicy, HistoryStore, Replay};
 use crate::metrics::{Metrics, Source};
+use crate::registry::DeliveryReceiver;
 use crate::registry::TopicRegistry;
 
 /// Why a publish was refused.
@@ -56,6 +58,7 @@ struct Shared {
     config: Config,
     limits: Limits,
     registry: TopicRegistry,
+    history: HistoryStore,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     shutting_down: AtomicBool,
@@ -80,11 +83,20 @@ impl Broker {
             None => generate_node_id().into(),
         };
         let registry = TopicRegistry::new(config.subscriber_buffer, metrics.clone());
+        let mut policy = HistoryPolicy::new(config.history, &config.history_prefixes);
+        if config.redis_url.is_some() && policy.is_enabled() {
+            // Offsets must agree on every node; that needs history kept in
+            // the cluster, which nodes do not do yet.
+            tracing::warn!("topic history is not available in a cluster yet; --history is ignored");
+            policy = HistoryPolicy::default();
+        }
+        let history = HistoryStore::new(policy, config.history_topics);
         Broker {
             shared: Arc::new(Shared {
                 node_id,
                 limits: config.limits(),
                 registry,
+                history,
                 metrics,
                 shutdown: watch::Sender::new(false),
                 shutting_down: AtomicBool::new(false),
@@ -143,6 +155,24 @@ impl Broker {
         source: Source,
     ) -> Published {
         self.shared.metrics.published(source);
+        if let Some(history) = self.shared.history.for_publish(&topic) {
+            // Offset, history and live delivery under the topic's lock: a
+            // subscriber with `since` gets each message exactly once.
+            let mut history = HistoryStore::lock(&history);
+            let offset = history.next_offset();
+            let delivery = Arc::new(Delivery::new(
+                topic,
+                payload,
+                Some(offset),
+                self.shared.node_id.clone(),
+            ));
+            history.push(delivery.clone());
+            let subscribers = self.shared.registry.publish_shared(delivery);
+            return Published {
+                offset: Some(offset),
+                subscribers,
+            };
+        }
         let delivery = Delivery::new(topic, payload, None, self.shared.node_id.clone());
         if let Some(cluster) = self.shared.cluster.get()
             && !delivery.topic.is_reserved()
@@ -154,6 +184,25 @@ impl Broker {
             offset: None,
             subscribers,
         }
+    }
+
+    /// Subscribes to `filter`; with `since` on a topic that keeps history,
+    /// also returns how many messages after `since` are gone and the retained
+    /// ones to replay, taken together with the live receiver so that nothing
+    /// is missed or repeated between them.
+    pub(crate) fn subscribe(
+        &self,
+        filter: &starling_protocol::Filter,
+        since: Option<u64>,
+    ) -> (DeliveryReceiver, Option<Replay>) {
+        if let (Some(since), Some(topic)) = (since, filter.as_topic())
+            && let Some(history) = self.shared.history.get(&topic)
+        {
+            let history = HistoryStore::lock(&history);
+            let rx = self.shared.registry.subscribe(filter);
+            return (rx, Some(history.replay(since)));
+        }
+        (self.shared.registry.subscribe(filter), None)
     }
 
     /// Joins the cluster configured with `--redis-url`, if any. Does not wait

@@ -95,6 +95,20 @@ pub struct Config {
     #[arg(long, env = "STARLING_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Messages each topic keeps for clients that subscribe with `since`
+    /// (0: none). Offsets start at 1 and grow by one per message.
+    #[arg(long, env = "STARLING_HISTORY", default_value_t = 0)]
+    pub history: usize,
+
+    /// Refines `--history` for topics starting with a prefix: `PREFIX=N`
+    /// (repeat the flag; the longest matching prefix wins), e.g. `chat.=100`.
+    #[arg(long = "history-prefix", env = "STARLING_HISTORY_PREFIX", value_delimiter = ',', value_parser = parse_prefix_rule)]
+    pub history_prefixes: Vec<(String, usize)>,
+
+    /// Most topics that keep history; topics beyond it keep none.
+    #[arg(long, env = "STARLING_HISTORY_TOPICS", default_value_t = 100_000)]
+    pub history_topics: usize,
+
     /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` (default:
     /// none, a single node).
     #[arg(long, env = "STARLING_REDIS_URL")]
@@ -162,6 +176,15 @@ impl Config {
     }
 }
 
+/// Parses `PREFIX=N`.
+fn parse_prefix_rule(rule: &str) -> Result<(String, usize), String> {
+    let (prefix, n) = rule
+        .split_once('=')
+        .ok_or_else(|| format!("expected PREFIX=N, got {rule:?}"))?;
+    let n = n.trim().parse().map_err(|e| format!("{rule:?}: {e}"))?;
+    Ok((prefix.trim().to_owned(), n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,7 +207,18 @@ mod tests {
             "disconnect",
             "--max-subscriptions",
             "3",
+            "--history",
+            "10",
+            "--history-prefix",
+            "chat.=100",
+            "--history-prefix",
+            "metrics.=0",
         ]);
+        assert_eq!(c.history, 10);
+        assert_eq!(
+            c.history_prefixes,
+            vec![("chat.".to_owned(), 100), ("metrics.".to_owned(), 0)]
+        );
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.slow_consumer, SlowConsumerPolicy::Disconnect);
         assert_eq!(c.max_subscriptions, 3);

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::broker::{Admission, Broker, ConnId};
 use crate::config::SlowConsumerPolicy;
 use crate::delivery::to_message;
+use crate::history::Replay;
 use crate::metrics::Source;
 use crate::rate::RateLimiter;
 use crate::registry::DeliveryReceiver;
@@ -288,11 +289,7 @@ impl Connection {
 
     fn on_envelope(&mut self, envelope: Envelope) {
         match envelope {
-            Envelope::Subscribe {
-                id,
-                topic,
-                since: _,
-            } => self.subscribe(id, topic),
+            Envelope::Subscribe { id, topic, since } => self.subscribe(id, topic, since),
             Envelope::Unsubscribe { id, topic } => {
                 if let Some(abort) = self.subs.active.remove(&topic) {
                     abort.abort();
@@ -331,7 +328,7 @@ impl Connection {
         }
     }
 
-    fn subscribe(&mut self, id: Option<u64>, filter: Filter) {
+    fn subscribe(&mut self, id: Option<u64>, filter: Filter, since: Option<u64>) {
         if self.subs.active.contains_key(&filter) {
             self.ack(id, None);
             return;
@@ -345,12 +342,33 @@ impl Connection {
             );
             return;
         }
-        let rx = self.broker.registry().subscribe(&filter);
+        let (rx, replay) = self.broker.subscribe(&filter, since);
         let (abort, registration) = AbortHandle::new_pair();
         self.subs.active.insert(filter.clone(), abort);
-        debug!(conn_id = %self.id, topic = %filter, "subscribed");
-        self.subs.arm_with(filter, rx, registration);
+        debug!(conn_id = %self.id, topic = %filter, ?since, "subscribed");
         self.ack(id, None);
+        if let Some(Replay {
+            lost,
+            messages: replay,
+        }) = replay
+        {
+            if lost > 0 {
+                let metrics = self.broker.metrics();
+                metrics.lagged_events.inc();
+                metrics.lagged_messages.inc_by(lost);
+                self.send(&Envelope::Lagged {
+                    topic: filter.clone(),
+                    missed: lost,
+                });
+            }
+            for delivery in replay {
+                if let Some(message) = delivery.frame(self.codec) {
+                    self.out.push(message.clone());
+                    self.out.delivered += 1;
+                }
+            }
+        }
+        self.subs.arm_with(filter, rx, registration);
     }
 
     /// Takes what one subscription has ready, within the budget and the

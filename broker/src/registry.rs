@@ -152,6 +152,12 @@ impl TopicRegistry {
     /// Sends `delivery` to the subscribers of its topic and of every pattern
     /// that matches it. Returns how many subscriptions it reached.
     pub fn publish(&self, delivery: Delivery) -> usize {
+        self.publish_shared(Arc::new(delivery))
+    }
+
+    /// [`TopicRegistry::publish`] for a delivery that is shared already (kept
+    /// in the topic's history too).
+    pub fn publish_shared(&self, delivery: Arc<Delivery>) -> usize {
         let mut reached = 0;
         if self.pattern_count.load(Ordering::Relaxed) > 0 {
             for entry in self.patterns.iter() {
@@ -162,7 +168,7 @@ impl TopicRegistry {
             }
         }
         if let Some(channel) = self.topics.get(delivery.topic.as_str()) {
-            reached += channel.tx.send(Arc::new(delivery));
+            reached += channel.tx.send(delivery);
         }
         reached
     }
