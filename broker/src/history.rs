@@ -107,6 +107,9 @@ impl TopicHistory {
 /// Every topic's history, bounded in topics.
 #[derive(Debug)]
 pub(crate) struct HistoryStore {
+    /// Whether any topic keeps history (the publish path checks only this
+    /// when none does).
+    enabled: bool,
     policy: HistoryPolicy,
     max_topics: usize,
     topics: DashMap<Topic, Arc<Mutex<TopicHistory>>>,
@@ -125,6 +128,7 @@ fn lock(history: &Mutex<TopicHistory>) -> HistoryGuard<'_> {
 impl HistoryStore {
     pub(crate) fn new(policy: HistoryPolicy, max_topics: usize) -> Self {
         HistoryStore {
+            enabled: policy.is_enabled(),
             policy,
             max_topics,
             topics: DashMap::new(),
@@ -135,6 +139,9 @@ impl HistoryStore {
     /// The history of `topic`, created on its first message; `None` when the
     /// topic keeps none (or the store holds `max_topics` already).
     pub(crate) fn for_publish(&self, topic: &Topic) -> Option<Arc<Mutex<TopicHistory>>> {
+        if !self.enabled {
+            return None;
+        }
         if let Some(history) = self.topics.get(topic) {
             return Some(history.clone());
         }
