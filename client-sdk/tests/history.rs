@@ -1,0 +1,80 @@
+//! With topic history on the broker, a subscription that loses its
+//! connection catches up with `since`: no gap and no duplicate.
+
+mod common;
+
+use std::time::Duration;
+
+use starling_client::{ConnectOptions, Event, ReconnectPolicy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_catches_up_with_since_after_its_connection_is_closed() {
+    // The rate limit gives a way to make the broker close the subscriber's
+    // connection (4029, which a client may reconnect after).
+    let broker = common::broker_with(|c| {
+        c.history = 100;
+        c.rate_limit = 20;
+    })
+    .await;
+    let url = broker.ws_url();
+    let client = ConnectOptions::new()
+        .reconnect(ReconnectPolicy {
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_millis(400),
+            ..Default::default()
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("feed").await.unwrap();
+    let other = starling_client::connect(&url).await.unwrap();
+
+    for i in 1..=5u64 {
+        assert_eq!(other.publish_with_ack("feed", &i).await.unwrap(), Some(i));
+    }
+    for i in 1..=5u64 {
+        let message = common::within("a message", sub.recv()).await.unwrap();
+        assert_eq!(
+            (message.offset(), message.decode::<u64>().unwrap()),
+            (Some(i), i)
+        );
+    }
+
+    // Flood the broker from the subscriber's client until it is closed.
+    for _ in 0..200 {
+        if client.publish("noise", &0).await.is_err() {
+            break;
+        }
+    }
+    loop {
+        match common::within("the disconnect", events.recv()).await {
+            Some(Event::Disconnected { code, .. }) => {
+                assert_eq!(code, Some(4029));
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("events ended"),
+        }
+    }
+    // Published while the subscriber is away (or just back): it gets them
+    // once each, in order, replayed or live.
+    for i in 6..=10u64 {
+        assert_eq!(other.publish_with_ack("feed", &i).await.unwrap(), Some(i));
+    }
+    for i in 6..=10u64 {
+        let message = common::within("a message after the reconnect", sub.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            (message.offset(), message.decode::<u64>().unwrap()),
+            (Some(i), i)
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.recv())
+            .await
+            .is_err(),
+        "a message arrived twice"
+    );
+}
