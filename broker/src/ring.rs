@@ -33,8 +33,10 @@ struct Inner<T> {
     head: u64,
     capacity: usize,
     receivers: usize,
-    /// Receivers waiting for the next message; taken by the next send.
-    waiting: Vec<Waker>,
+    /// Receivers waiting for the next message, by receiver id; taken by the
+    /// next send, and left by a receiver that goes away before it.
+    waiting: Vec<(u64, Waker)>,
+    next_receiver_id: u64,
 }
 
 impl<T> Inner<T> {
@@ -62,6 +64,7 @@ pub struct Sender<T> {
 /// One subscription's position in the ring.
 pub struct Receiver<T> {
     shared: Arc<Mutex<Inner<T>>>,
+    id: u64,
     next: u64,
     /// The tail at which this receiver's waker was queued, while it is queued.
     waiting_at: Option<u64>,
@@ -84,6 +87,7 @@ pub fn channel<T: Clone>(capacity: usize) -> Sender<T> {
             capacity: capacity.max(1),
             receivers: 0,
             waiting: Vec::new(),
+            next_receiver_id: 0,
         })),
     }
 }
@@ -112,7 +116,9 @@ impl<T: Clone> Sender<T> {
     pub fn subscribe(&self) -> Receiver<T> {
         let mut inner = lock(&self.shared);
         inner.receivers += 1;
+        inner.next_receiver_id += 1;
         Receiver {
+            id: inner.next_receiver_id,
             next: inner.tail(),
             shared: self.shared.clone(),
             waiting_at: None,
@@ -136,7 +142,7 @@ impl<T: Clone> Sender<T> {
             inner.slots.push_back(Slot { value, remaining });
             (remaining, std::mem::take(&mut inner.waiting))
         };
-        for waker in waiting {
+        for (_, waker) in waiting {
             waker.wake();
         }
         receivers
@@ -185,7 +191,7 @@ impl<T: Clone> Receiver<T> {
         let tail = inner.tail();
         // Queued already for this tail: the next send wakes it.
         if self.waiting_at != Some(tail) {
-            inner.waiting.push(cx.waker().clone());
+            inner.waiting.push((self.id, cx.waker().clone()));
             self.waiting_at = Some(tail);
         }
         Poll::Pending
@@ -201,6 +207,12 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut inner = lock(&self.shared);
         inner.receivers -= 1;
+        if self.waiting_at == Some(inner.tail()) {
+            // Still queued: leave, so subscribe/unsubscribe churn on a quiet
+            // topic cannot pile up wakers.
+            let id = self.id;
+            inner.waiting.retain(|(waiter, _)| *waiter != id);
+        }
         // Messages this receiver was counted for but never took.
         let from = self.next.max(inner.head);
         for seq in from..inner.tail() {
@@ -277,6 +289,24 @@ mod tests {
         assert_eq!(rx.drain(3, |m| got.push(*m.unwrap())), 3);
         assert_eq!(got, vec![0, 1, 2]);
         assert_eq!(rx.drain(100, |_| {}), 7);
+    }
+
+    #[test]
+    fn receivers_that_leave_a_quiet_topic_leave_no_waker_behind() {
+        let tx = channel::<u32>(4);
+        let _stays = tx.subscribe();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..1000 {
+            let mut rx = tx.subscribe();
+            assert!(rx.poll_ready(&mut cx).is_pending());
+            drop(rx);
+        }
+        assert_eq!(lock(&tx.shared).waiting.len(), 0);
+        let mut waiting = tx.subscribe();
+        assert!(waiting.poll_ready(&mut cx).is_pending());
+        assert!(waiting.poll_ready(&mut cx).is_pending());
+        assert_eq!(lock(&tx.shared).waiting.len(), 1, "queued once per tail");
     }
 
     #[tokio::test]
