@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use starling_protocol::{ErrorCode, Limits, Payload, Topic};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
@@ -60,7 +61,8 @@ struct Shared {
     registry: TopicRegistry,
     history: HistoryStore,
     metrics: Arc<Metrics>,
-    shutdown: watch::Sender<bool>,
+    /// Wakes the connection tasks when shutdown begins.
+    shutdown_notify: Notify,
     shutting_down: AtomicBool,
     connection_slots: Arc<Semaphore>,
     next_conn_id: AtomicU64,
@@ -98,7 +100,7 @@ impl Broker {
                 registry,
                 history,
                 metrics,
-                shutdown: watch::Sender::new(false),
+                shutdown_notify: Notify::new(),
                 shutting_down: AtomicBool::new(false),
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 next_conn_id: AtomicU64::new(1),
@@ -242,7 +244,13 @@ impl Broker {
     /// Tells every connection to close with 1001 and refuses new ones.
     pub fn begin_shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        self.shared.shutdown.send_replace(true);
+        self.shared.shutdown_notify.notify_waiters();
+    }
+
+    /// Completes when shutdown begins, if it is polled before; check
+    /// [`Broker::is_shutting_down`] after polling it once.
+    pub(crate) fn shutdown_notified(&self) -> Notified<'_> {
+        self.shared.shutdown_notify.notified()
     }
 
     /// Whether shutdown has begun.
@@ -250,12 +258,14 @@ impl Broker {
         self.shared.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Waits until every connection has closed, or `deadline` has passed.
-    /// Returns whether all closed.
+    /// Waits until every connection has closed (every connection slot is
+    /// free again), or `deadline` has passed. Returns whether all closed.
     pub async fn connections_closed(&self, deadline: Duration) -> bool {
-        tokio::time::timeout(deadline, self.shared.shutdown.closed())
-            .await
-            .is_ok()
+        let all = u32::try_from(self.shared.config.max_connections).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout(deadline, self.shared.connection_slots.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Takes a connection slot, when the limit allows one more.
@@ -271,18 +281,16 @@ impl Broker {
             .ok()?;
         Some(Admission {
             id: ConnId(self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed)),
-            shutdown: self.shared.shutdown.subscribe(),
             _permit: permit,
         })
     }
 }
 
-/// A connection's admission: its id, its slot under the connection limit and
-/// its shutdown signal. The slot is released when this is dropped.
+/// A connection's admission: its id and its slot under the connection limit.
+/// The slot is released when this is dropped.
 #[derive(Debug)]
 pub(crate) struct Admission {
     pub(crate) id: ConnId,
-    pub(crate) shutdown: watch::Receiver<bool>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 

@@ -1,38 +1,49 @@
 //! One client connection: a single task that reads frames, pulls deliveries
 //! from its subscriptions and writes everything ready in one batch.
 //!
-//! The task never blocks on its socket: replies and deliveries go into a
-//! bounded outbound queue that a write step drains whenever the socket takes
-//! data, and the task stops pulling deliveries while the queue is full. A
-//! subscriber that stays behind then lags in its topic's broadcast ring (and
-//! gets `lagged`), or is closed with 4008, without anyone else noticing.
+//! The task never blocks on its socket: replies and deliveries are appended,
+//! as finished WebSocket frames, to one outbound buffer bounded in bytes,
+//! which a write step hands to the socket whenever it takes data: a burst of
+//! deliveries costs one `write`, not one per frame. While the buffer is full
+//! the task stops pulling deliveries; a subscriber that stays behind then lags
+//! in its topic's broadcast ring (and gets `lagged`), or is closed with 4008,
+//! without anyone else noticing.
+//!
+//! A quiet connection holds no buffers: the read buffer is freed once every
+//! byte in it is parsed, the outbound buffer once everything is written.
+//! Subscriptions wake the task through a small waker each, which names the
+//! subscription, so a wake-up looks only at the subscriptions that have
+//! something.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
-use futures_util::stream::{AbortHandle, Abortable, FuturesUnordered};
-use futures_util::{FutureExt, Sink, Stream, StreamExt};
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use starling_protocol::{
     CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter, PROTOCOL_VERSION,
 };
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
-use crate::broker::{Admission, Broker, ConnId};
+use crate::broker::{Admission, Broker};
 use crate::config::SlowConsumerPolicy;
-use crate::delivery::to_message;
+use crate::delivery::write_protocol_frame;
 use crate::history::Replay;
 use crate::metrics::Source;
-use crate::rate::RateLimiter;
+use crate::rate::{RateLimiter, Verdict};
 use crate::registry::DeliveryReceiver;
 use crate::ring::Missed;
+use crate::ws::{self, Event, FrameReader, Kind};
 
 /// Close code for a peer that sent nothing within the idle timeout.
 /// (An extension of PROTOCOL.md: 4000-4499 means the client may reconnect.)
@@ -41,17 +52,28 @@ pub const IDLE_TIMEOUT_CLOSE: u16 = 4000;
 /// How long the broker waits for the peer's close frame after sending its own.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
-/// How many deliveries one subscription may hand over per wake-up before the
+/// How many deliveries one subscription may hand over per turn before the
 /// task looks at its other work.
 const DRAIN_BUDGET: usize = 256;
 
 /// How many deliveries are taken under one lock of the topic's ring.
 const DRAIN_CHUNK: usize = 32;
 
+/// Turns of read, deliver and write per wake-up before the task yields to
+/// the other connections.
+const TURNS_PER_POLL: usize = 16;
+
+/// The read buffer is topped up to at least this much room before a read.
+const MIN_READ_ROOM: usize = 512;
+
+/// Written bytes at the front of the outbound buffer are dropped once there
+/// are this many (the buffer is simply freed when all of it is written).
+const COMPACT_AFTER: usize = 64 * 1024;
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Exit {
-    /// The peer sent a close frame (already answered by the WebSocket layer).
+    /// The peer sent a close frame; the answer is queued.
     PeerClosed,
     /// The transport failed or the peer vanished; nothing can be sent.
     PeerGone(String),
@@ -65,95 +87,172 @@ impl Exit {
     }
 }
 
-/// Maps a read error of the WebSocket layer to what the broker must do.
-/// The WebSocket layer sends no close frame itself, so every error that leaves
-/// the transport usable is answered with the close code of PROTOCOL.md.
-fn read_error_exit(error: WsError) -> Exit {
-    match error {
-        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Exit::close(
-            CloseCode::TooBig,
-            format!("message of {size} bytes is over the limit of {max_size}"),
-        ),
-        WsError::Capacity(e) => Exit::close(CloseCode::TooBig, e.to_string()),
-        WsError::Utf8(_) => Exit::close(CloseCode::InvalidPayload, "text frame is not valid UTF-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Exit::PeerGone("reset without closing handshake".into())
-        }
-        WsError::Protocol(e) => Exit::close(CloseCode::Protocol, e.to_string()),
-        WsError::AttackAttempt => Exit::close(CloseCode::Protocol, "attack attempt"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => Exit::PeerClosed,
-        other => Exit::PeerGone(other.to_string()),
-    }
-}
-
-/// What came out of one subscription's receiver.
-struct Received {
-    filter: Filter,
-    rx: DeliveryReceiver,
-}
-
-type RecvFuture = Abortable<futures_util::future::BoxFuture<'static, Received>>;
-
-/// A connection's subscriptions and the futures waiting on their receivers.
-/// Only subscriptions that have something ready are polled.
-#[derive(Default)]
-struct Subscriptions {
-    active: std::collections::HashMap<Filter, AbortHandle>,
-    waiting: FuturesUnordered<RecvFuture>,
-}
-
-/// Frames waiting to be written, bounded in bytes.
+/// Finished frames waiting for the socket, bounded in bytes by the caller.
+///
+/// The buffer always starts at a frame boundary; `sent` bytes of it are
+/// written already.
+#[derive(Debug, Default)]
 struct Outbox {
-    queue: VecDeque<Message>,
-    bytes: usize,
-    /// The WebSocket layer holds frames of its own (pongs, close replies).
-    flush_needed: bool,
-    /// Counts since the last flush, added to the shared metrics per batch.
+    buf: Vec<u8>,
+    sent: usize,
+    /// Counts since the last batch, added to the shared metrics per batch.
     delivered: u64,
     sent_bytes: u64,
 }
 
 impl Outbox {
-    fn new() -> Self {
-        Outbox {
-            queue: VecDeque::new(),
-            bytes: 0,
-            flush_needed: false,
-            delivered: 0,
-            sent_bytes: 0,
-        }
+    /// Bytes queued and not written yet.
+    fn queued(&self) -> usize {
+        self.buf.len() - self.sent
     }
 
-    fn push(&mut self, message: Message) {
-        self.bytes += message.len();
-        self.queue.push_back(message);
-    }
-
-    fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.flush_needed
-    }
-
-    /// Hands every queued frame to the sink, then flushes once: a burst costs
-    /// one write, not one per frame.
-    fn poll_drain<S>(
+    /// Writes until everything queued is written or the socket is full.
+    /// An emptied buffer gives its memory back.
+    fn poll_write<S: AsyncWrite + Unpin>(
         &mut self,
-        mut sink: Pin<&mut S>,
+        io: &mut S,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WsError>>
-    where
-        S: Sink<Message, Error = WsError>,
-    {
-        while !self.queue.is_empty() {
-            ready!(sink.as_mut().poll_ready(cx))?;
-            let message = self.queue.pop_front().expect("queue is not empty");
-            self.bytes -= message.len();
-            self.sent_bytes += message.len() as u64;
-            sink.as_mut().start_send(message)?;
-            self.flush_needed = true;
+    ) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let written = match Pin::new(&mut *io).poll_write(cx, &self.buf[self.sent..]) {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    self.compact();
+                    return Poll::Pending;
+                }
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += written;
+            self.sent_bytes += written as u64;
         }
-        ready!(sink.as_mut().poll_flush(cx))?;
-        self.flush_needed = false;
+        self.buf = Vec::new();
+        self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Drops the written frames at the front, once they are many.
+    fn compact(&mut self) {
+        if self.sent >= COMPACT_AFTER {
+            let (cut, _) = ws::frame_boundaries(&self.buf, self.sent);
+            self.buf.drain(..cut);
+            self.sent -= cut;
+        }
+    }
+
+    /// Forgets every frame not started yet; a frame partly written is kept,
+    /// so the stream stays well formed.
+    fn discard_unsent(&mut self) {
+        let (_, end) = ws::frame_boundaries(&self.buf, self.sent);
+        self.buf.truncate(end);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing can panic while these locks are held.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Which subscriptions of a connection were woken, shared with their wakers.
+#[derive(Debug, Default)]
+struct Woken {
+    task: AtomicWaker,
+    slots: Mutex<Vec<u32>>,
+}
+
+/// The waker a subscription leaves in its topic's ring: it notes the
+/// subscription's slot and wakes the connection's task.
+struct SubWaker {
+    woken: Arc<Woken>,
+    slot: u32,
+}
+
+impl Wake for SubWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.woken.slots).push(self.slot);
+        self.woken.task.wake();
+    }
+}
+
+struct Sub {
+    filter: Filter,
+    rx: DeliveryReceiver,
+    waker: Waker,
+}
+
+/// A connection's subscriptions, by slot.
+#[derive(Default)]
+struct Subscriptions {
+    slots: Vec<Option<Sub>>,
+    count: usize,
+    /// Made with the first subscription.
+    woken: Option<Arc<Woken>>,
+    /// Slots to look at: woken, or left with messages when the budget or
+    /// the outbound buffer ran out. A slot may appear twice, or after its
+    /// subscription ended: looking finds nothing then.
+    ready: VecDeque<u32>,
+}
+
+impl Subscriptions {
+    fn find(&self, filter: &Filter) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|sub| sub.as_ref().is_some_and(|sub| sub.filter == *filter))
+    }
+
+    fn insert(&mut self, filter: Filter, rx: DeliveryReceiver) {
+        let woken = self.woken.get_or_insert_with(Default::default).clone();
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                // Grow by doubling from one: most connections hold a few.
+                if self.slots.len() == self.slots.capacity() {
+                    self.slots.reserve_exact(self.slots.len().max(1));
+                }
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let slot_id = u32::try_from(slot).expect("subscriptions are bounded");
+        let waker = Waker::from(Arc::new(SubWaker {
+            woken,
+            slot: slot_id,
+        }));
+        let mut sub = Sub { filter, rx, waker };
+        // Registers the waker, or finds messages that came meanwhile.
+        if sub
+            .rx
+            .poll_ready(&mut Context::from_waker(&sub.waker))
+            .is_ready()
+        {
+            self.ready.push_back(slot_id);
+        }
+        self.slots[slot] = Some(sub);
+        self.count += 1;
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<Sub> {
+        let sub = self.slots.get_mut(slot)?.take()?;
+        self.count -= 1;
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        Some(sub)
+    }
+
+    /// Registers the task's waker, then moves what was woken to `ready`.
+    fn collect_woken(&mut self, task: &Waker) {
+        if let Some(woken) = &self.woken {
+            woken.task.register(task);
+            self.ready.extend(lock(&woken.slots).drain(..));
+        }
     }
 }
 
@@ -162,14 +261,16 @@ pub(crate) struct ConnCtx {
     pub(crate) broker: Broker,
     pub(crate) admission: Admission,
     pub(crate) codec: Codec,
-    pub(crate) peer: String,
+    pub(crate) peer: SocketAddr,
 }
 
-/// The state of one connection, apart from its socket. Dropping it removes
-/// the connection's subscriptions from the registry, on every exit path.
-struct Connection {
+/// The state of one connection, apart from its socket and read buffer.
+/// Dropping it removes the connection's subscriptions from the registry, on
+/// every exit path.
+struct Session {
     broker: Broker,
-    id: ConnId,
+    /// The connection's id and its slot under the connection limit.
+    admission: Admission,
     codec: Codec,
     subs: Subscriptions,
     out: Outbox,
@@ -180,22 +281,31 @@ struct Connection {
     received_bytes: u64,
 }
 
-impl Drop for Connection {
+impl Drop for Session {
     fn drop(&mut self) {
-        for (filter, abort) in self.subs.active.drain() {
-            abort.abort();
-            self.broker.registry().unsubscribe(&filter);
+        for sub in self.subs.slots.drain(..).flatten() {
+            self.broker.registry().unsubscribe(&sub.filter);
         }
         self.flush_metrics();
         self.broker.metrics().connections.dec();
     }
 }
 
-impl Connection {
+/// Settings the connection loop reads, copied once from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    /// Outbound bytes past which no more deliveries are taken.
+    bound: usize,
+    /// Messages over this close the connection with 1009.
+    hard_limit: usize,
+    read_chunk: usize,
+}
+
+impl Session {
     fn send(&mut self, envelope: &Envelope) {
         match self.codec.encode(envelope) {
-            Ok(frame) => self.out.push(to_message(frame)),
-            Err(error) => warn!(conn_id = %self.id, %error, "cannot encode frame"),
+            Ok(frame) => write_protocol_frame(&mut self.out.buf, &frame),
+            Err(error) => warn!(conn_id = %self.admission.id, %error, "cannot encode frame"),
         }
     }
 
@@ -223,87 +333,83 @@ impl Connection {
         }
     }
 
-    /// Handles one WebSocket message from the peer.
-    fn on_message(&mut self, message: Message) -> Option<Exit> {
-        self.last_seen = Instant::now();
-        let data = match message {
-            Message::Text(text) if self.codec.is_text() => text.into(),
-            Message::Binary(bytes) if !self.codec.is_text() => bytes,
-            Message::Text(_) | Message::Binary(_) => {
-                let reason = if self.codec.is_text() {
-                    "binary frame on a JSON connection"
-                } else {
-                    "text frame on a MessagePack connection"
-                };
-                return Some(Exit::close(CloseCode::Unsupported, reason));
+    /// Handles one thing the peer sent.
+    fn on_event(&mut self, event: Event<'_>) -> ControlFlow<Exit> {
+        match event {
+            Event::Message(kind, data) => self.on_message(kind, data),
+            Event::Ping(data) => {
+                ws::write_control(&mut self.out.buf, true, data);
+                ControlFlow::Continue(())
             }
-            Message::Ping(_) | Message::Pong(_) => {
-                // The WebSocket layer queued the pong; it goes out with the next flush.
-                self.out.flush_needed = true;
-                return None;
+            Event::Pong => ControlFlow::Continue(()),
+            Event::Close(code) => {
+                // Echo the peer's code (RFC 6455, 5.5.1); the answer goes out
+                // before the connection ends.
+                ws::write_close(&mut self.out.buf, code.unwrap_or(1000), "");
+                ControlFlow::Break(Exit::PeerClosed)
             }
-            Message::Close(_) => {
-                self.out.flush_needed = true;
-                return None;
+        }
+    }
+
+    /// Handles one data message from the peer.
+    fn on_message(&mut self, kind: Kind, data: &[u8]) -> ControlFlow<Exit> {
+        match (kind, self.codec.is_text()) {
+            (Kind::Text, true) | (Kind::Binary, false) => {}
+            (Kind::Binary, true) => {
+                return ControlFlow::Break(Exit::close(
+                    CloseCode::Unsupported,
+                    "binary frame on a JSON connection",
+                ));
             }
-            Message::Frame(_) => return None,
-        };
-        self.received_bytes += data.len() as u64;
+            (Kind::Text, false) => {
+                return ControlFlow::Break(Exit::close(
+                    CloseCode::Unsupported,
+                    "text frame on a MessagePack connection",
+                ));
+            }
+        }
         let max = self.broker.config().max_message_bytes;
         if data.len() > max {
-            let id = self.codec.probe_id(&data);
+            let id = self.codec.probe_id(data);
             self.send_error(
                 id,
                 ErrorCode::MessageTooLarge,
                 format!("message of {} bytes is over the limit of {max}", data.len()),
             );
-            return None;
+            return ControlFlow::Continue(());
         }
         if let Some(rate) = &mut self.rate {
             match rate.check(Instant::now()) {
-                crate::rate::Verdict::Allow => {}
-                crate::rate::Verdict::Deny => {
-                    let id = self.codec.probe_id(&data);
+                Verdict::Allow => {}
+                Verdict::Deny => {
+                    let id = self.codec.probe_id(data);
                     self.send_error(id, ErrorCode::RateLimited, "too many frames; slow down");
-                    return None;
+                    return ControlFlow::Continue(());
                 }
-                crate::rate::Verdict::Disconnect => {
-                    return Some(Exit::close(
+                Verdict::Disconnect => {
+                    return ControlFlow::Break(Exit::close(
                         CloseCode::RateLimited,
                         "rate limit exceeded repeatedly",
                     ));
                 }
             }
         }
-        match self.codec.decode_client(&data) {
+        match self.codec.decode_client(data) {
             Ok(envelope) => self.on_envelope(envelope),
             Err(error) => self.on_bad_frame(&error),
         }
-        None
+        ControlFlow::Continue(())
     }
 
     fn on_bad_frame(&mut self, error: &CodecError) {
-        debug!(conn_id = %self.id, %error, "bad frame");
+        debug!(conn_id = %self.admission.id, %error, "bad frame");
         self.send_error(error.id(), error.code(), error.to_string());
     }
 
     fn on_envelope(&mut self, envelope: Envelope) {
         match envelope {
             Envelope::Subscribe { id, topic, since } => self.subscribe(id, topic, since),
-            Envelope::Unsubscribe { id, topic } => {
-                if let Some(abort) = self.subs.active.remove(&topic) {
-                    abort.abort();
-                    self.broker.registry().unsubscribe(&topic);
-                    debug!(conn_id = %self.id, %topic, "unsubscribed");
-                    self.ack(id, None);
-                } else {
-                    self.send_error(
-                        id,
-                        ErrorCode::NotSubscribed,
-                        format!("not subscribed to {topic}"),
-                    );
-                }
-            }
+            Envelope::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
             Envelope::Publish { id, topic, payload } => {
                 match self.broker.publish(topic, payload, Source::WebSocket) {
                     Ok(published) => self.ack(id, published.offset),
@@ -329,12 +435,12 @@ impl Connection {
     }
 
     fn subscribe(&mut self, id: Option<u64>, filter: Filter, since: Option<u64>) {
-        if self.subs.active.contains_key(&filter) {
+        if self.subs.find(&filter).is_some() {
             self.ack(id, None);
             return;
         }
         let max = self.broker.config().max_subscriptions;
-        if self.subs.active.len() >= max {
+        if self.subs.count >= max {
             self.send_error(
                 id,
                 ErrorCode::TooManySubscriptions,
@@ -343,9 +449,7 @@ impl Connection {
             return;
         }
         let (rx, replay) = self.broker.subscribe(&filter, since);
-        let (abort, registration) = AbortHandle::new_pair();
-        self.subs.active.insert(filter.clone(), abort);
-        debug!(conn_id = %self.id, topic = %filter, ?since, "subscribed");
+        debug!(conn_id = %self.admission.id, topic = %filter, ?since, "subscribed");
         self.ack(id, None);
         if let Some(Replay {
             lost,
@@ -362,28 +466,67 @@ impl Connection {
                 });
             }
             for delivery in replay {
-                if let Some(message) = delivery.frame(self.codec) {
-                    self.out.push(message.clone());
+                if let Some(wire) = delivery.wire(self.codec) {
+                    self.out.buf.extend_from_slice(wire);
                     self.out.delivered += 1;
                 }
             }
         }
-        self.subs.arm_with(filter, rx, registration);
+        self.subs.insert(filter, rx);
+    }
+
+    fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {
+        match self
+            .subs
+            .find(filter)
+            .and_then(|slot| self.subs.remove(slot))
+        {
+            Some(sub) => {
+                drop(sub);
+                self.broker.registry().unsubscribe(filter);
+                debug!(conn_id = %self.admission.id, topic = %filter, "unsubscribed");
+                self.ack(id, None);
+            }
+            None => self.send_error(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {filter}"),
+            ),
+        }
+    }
+
+    /// Takes deliveries from the subscriptions that have some, while the
+    /// outbound buffer has room. Returns whether anything was looked at.
+    fn deliver(&mut self, bound: usize) -> ControlFlow<Exit, bool> {
+        let mut looked = false;
+        for _ in 0..self.subs.ready.len() {
+            if self.out.queued() >= bound {
+                break;
+            }
+            let Some(slot) = self.subs.ready.pop_front() else {
+                break;
+            };
+            looked = true;
+            self.drain_slot(slot, bound)?;
+        }
+        ControlFlow::Continue(looked)
     }
 
     /// Takes what one subscription has ready, within the budget and the
-    /// outbound queue bound, then waits on it again.
-    fn on_received(&mut self, received: Received, bound: usize) -> Option<Exit> {
-        let Received { filter, mut rx } = received;
+    /// outbound bound, then waits on it again (or keeps it ready).
+    fn drain_slot(&mut self, slot: u32, bound: usize) -> ControlFlow<Exit> {
+        let Some(Some(sub)) = self.subs.slots.get_mut(slot as usize) else {
+            return ControlFlow::Continue(());
+        };
         let codec = self.codec;
+        let out = &mut self.out;
         let mut budget = DRAIN_BUDGET;
         let mut missed_total = 0;
-        while budget > 0 && self.out.bytes < bound {
-            let out = &mut self.out;
-            let taken = rx.drain(budget.min(DRAIN_CHUNK), |item| match item {
+        while budget > 0 && out.queued() < bound {
+            let taken = sub.rx.drain(budget.min(DRAIN_CHUNK), |item| match item {
                 Ok(delivery) => {
-                    if let Some(message) = delivery.frame(codec) {
-                        out.push(message.clone());
+                    if let Some(wire) = delivery.wire(codec) {
+                        out.buf.extend_from_slice(wire);
                         out.delivered += 1;
                     }
                 }
@@ -391,11 +534,11 @@ impl Connection {
                 Err(Missed::Lagged(missed)) => {
                     missed_total += missed;
                     let lagged = Envelope::Lagged {
-                        topic: filter.clone(),
+                        topic: sub.filter.clone(),
                         missed,
                     };
                     if let Ok(frame) = codec.encode(&lagged) {
-                        out.push(to_message(frame));
+                        write_protocol_frame(&mut out.buf, &frame);
                     }
                 }
             });
@@ -404,31 +547,47 @@ impl Connection {
             }
             budget = budget.saturating_sub(taken);
         }
+        if sub
+            .rx
+            .poll_ready(&mut Context::from_waker(&sub.waker))
+            .is_ready()
+        {
+            self.subs.ready.push_back(slot);
+        }
         if missed_total > 0 {
+            let filter = sub.filter.clone();
             let metrics = self.broker.metrics();
             metrics.lagged_events.inc();
             metrics.lagged_messages.inc_by(missed_total);
-            debug!(conn_id = %self.id, topic = %filter, missed = missed_total, "subscriber lagged");
+            debug!(conn_id = %self.admission.id, topic = %filter, missed = missed_total, "subscriber lagged");
             if self.broker.config().slow_consumer == SlowConsumerPolicy::Disconnect {
-                return Some(Exit::close(
+                return ControlFlow::Break(Exit::close(
                     CloseCode::SlowConsumer,
                     format!("slow consumer: missed {missed_total} messages on {filter}"),
                 ));
             }
         }
-        // Still subscribed? Wait for the next one.
-        if let Some(abort) = self.subs.active.get_mut(&filter) {
-            let (new_abort, registration) = AbortHandle::new_pair();
-            *abort = new_abort;
-            self.subs.arm_with(filter, rx, registration);
+        ControlFlow::Continue(())
+    }
+
+    /// Notes when the outbound buffer fills up and when it has room again.
+    /// Returns whether that changed.
+    fn track_stall(&mut self, bound: usize) -> bool {
+        let room = self.out.queued() < bound;
+        match (room, self.stalled_since) {
+            (false, None) => self.stalled_since = Some(Instant::now()),
+            (true, Some(_)) => self.stalled_since = None,
+            _ => return false,
         }
-        None
+        true
     }
 
     /// The next time the connection must check on its peer.
-    fn next_deadline(&self, ping: Duration, idle: Duration, write_timeout: Duration) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
-        let mut deadline = far;
+    fn next_deadline(&self) -> Instant {
+        let config = self.broker.config();
+        let ping = Duration::from_millis(config.ping_interval_ms);
+        let idle = Duration::from_millis(config.idle_timeout_ms);
+        let mut deadline = Instant::now() + Duration::from_secs(3600);
         if !ping.is_zero() {
             deadline = deadline.min(self.last_ping + ping);
         }
@@ -436,21 +595,19 @@ impl Connection {
             deadline = deadline.min(self.last_seen + idle);
         }
         if let Some(since) = self.stalled_since {
-            deadline = deadline.min(since + write_timeout);
+            deadline = deadline.min(since + config.write_timeout());
         }
         deadline
     }
 
     /// Keepalive and stall checks, when the timer fires.
-    fn on_timer(
-        &mut self,
-        ping: Duration,
-        idle: Duration,
-        write_timeout: Duration,
-    ) -> Option<Exit> {
+    fn on_timer(&mut self) -> Option<Exit> {
+        let config = self.broker.config();
+        let ping = Duration::from_millis(config.ping_interval_ms);
+        let idle = Duration::from_millis(config.idle_timeout_ms);
         let now = Instant::now();
         if let Some(since) = self.stalled_since
-            && now >= since + write_timeout
+            && now >= since + config.write_timeout()
         {
             return Some(Exit::close(
                 CloseCode::SlowConsumer,
@@ -466,261 +623,318 @@ impl Connection {
         if !ping.is_zero() && now >= self.last_ping + ping {
             self.last_ping = now;
             if now >= self.last_seen + ping {
-                self.out.push(Message::Ping(Default::default()));
+                ws::write_control(&mut self.out.buf, false, &[]);
             }
         }
         None
     }
 }
 
-impl Subscriptions {
-    fn arm_with(
-        &mut self,
-        filter: Filter,
-        mut rx: DeliveryReceiver,
-        registration: futures_util::stream::AbortRegistration,
-    ) {
-        let fut = async move {
-            rx.ready().await;
-            Received { filter, rx }
+/// A connection: its socket, what was read and not parsed yet, and the rest.
+struct Connection {
+    io: TcpStream,
+    reader: FrameReader,
+    session: Session,
+}
+
+/// Reads what the socket has into the reader's buffer. The buffer is
+/// allocated only once the socket has data: waiting costs no memory.
+fn poll_read(
+    io: &TcpStream,
+    reader: &mut FrameReader,
+    chunk: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(io.poll_read_ready(cx))?;
+        let buf = reader.buffer();
+        if buf.capacity() - buf.len() < MIN_READ_ROOM {
+            buf.reserve(chunk.max(MIN_READ_ROOM));
         }
-        .boxed();
-        self.waiting.push(Abortable::new(fut, registration));
+        match io.try_read_buf(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // A stale readiness, now cleared: wait for the next one.
+                if buf.is_empty() {
+                    *buf = Vec::new();
+                }
+            }
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+impl Connection {
+    /// Reads, delivers and writes, in turns, until nothing is ready (or the
+    /// turns run out, and the task yields); ready with why it must end.
+    fn poll_io(&mut self, tuning: Tuning, cx: &mut Context<'_>) -> Poll<Exit> {
+        let Connection {
+            io,
+            reader,
+            session,
+        } = self;
+        for _ in 0..TURNS_PER_POLL {
+            let mut progress = false;
+            if session.out.queued() < tuning.bound {
+                match poll_read(io, reader, tuning.read_chunk, cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Exit::PeerGone("closed without a close frame".into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        session.received_bytes += n as u64;
+                        session.last_seen = Instant::now();
+                        match reader.parse(tuning.hard_limit, |event| session.on_event(event)) {
+                            Ok(ControlFlow::Continue(())) => {}
+                            Ok(ControlFlow::Break(exit)) => return Poll::Ready(exit),
+                            Err(violation) => {
+                                return Poll::Ready(Exit::close(violation.code, violation.reason));
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Exit::PeerGone(error.to_string()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // After the read, which may have added the first subscription.
+            session.subs.collect_woken(cx.waker());
+            if session.out.queued() < tuning.bound {
+                match session.deliver(tuning.bound) {
+                    ControlFlow::Continue(looked) => progress |= looked,
+                    ControlFlow::Break(exit) => return Poll::Ready(exit),
+                }
+            }
+            if session.out.queued() > 0 {
+                match session.out.poll_write(io, cx) {
+                    Poll::Ready(Ok(())) => {
+                        session.flush_metrics();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Exit::PeerGone(error.to_string()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what is queued (ending with our close frame), then waits a
+    /// moment for the peer's close frame, so the client sees a clean close.
+    async fn close_handshake(&mut self, hard_limit: usize, read_chunk: usize) {
+        let Connection {
+            io,
+            reader,
+            session,
+        } = self;
+        if poll_fn(|cx| session.out.poll_write(io, cx)).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+            loop {
+                match poll_fn(|cx| poll_read(io, reader, read_chunk, cx)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let closed = reader.parse(hard_limit, |event| match event {
+                    Event::Close(_) => ControlFlow::Break(()),
+                    _ => ControlFlow::Continue(()),
+                });
+                if !matches!(closed, Ok(ControlFlow::Continue(()))) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
+    }
+
+    /// Serves the connection until it must end; returns why.
+    async fn run(&mut self, tuning: Tuning) -> Exit {
+        let broker = self.session.broker.clone();
+        let shutdown = broker.shutdown_notified();
+        tokio::pin!(shutdown);
+        let timer = tokio::time::sleep_until(self.session.next_deadline());
+        tokio::pin!(timer);
+        poll_fn(|cx| {
+            // Checked after registering, so a shutdown begun before is seen.
+            if shutdown.as_mut().poll(cx).is_ready() || broker.is_shutting_down() {
+                return Poll::Ready(Exit::close(CloseCode::GoingAway, "broker shutting down"));
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                if let Some(exit) = self.session.on_timer() {
+                    return Poll::Ready(exit);
+                }
+                timer.as_mut().reset(self.session.next_deadline());
+            }
+            let io = self.poll_io(tuning, cx);
+            if io.is_pending() && self.session.track_stall(tuning.bound) {
+                timer.as_mut().reset(self.session.next_deadline());
+                // Registers the new deadline; a deadline already past wakes at once.
+                if timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            io
+        })
+        .await
+    }
+
+    /// How the connection ends after `exit`, when there is anything to send.
+    fn closing(
+        &mut self,
+        exit: Exit,
+        tuning: Tuning,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        match exit {
+            Exit::Close(code, why) => {
+                self.session.broker.metrics().close(code);
+                if code == CloseCode::SlowConsumer.code() {
+                    // Its backlog is what made it slow: the close frame goes first.
+                    self.session.out.discard_unsent();
+                }
+                ws::write_close(&mut self.session.out.buf, code, &why);
+                let deadline = if code == CloseCode::GoingAway.code() {
+                    self.session.broker.config().shutdown_timeout()
+                } else {
+                    Duration::from_secs(2)
+                };
+                let closing = self.close_handshake(tuning.hard_limit, tuning.read_chunk);
+                Some(Box::pin(async move {
+                    let _ = tokio::time::timeout(deadline, closing).await;
+                }))
+            }
+            Exit::PeerClosed => Some(Box::pin(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.answer_close()).await;
+            })),
+            Exit::PeerGone(_) => None,
+        }
+    }
+
+    /// Writes the answer to the peer's close frame, then ends the stream.
+    async fn answer_close(&mut self) {
+        let Connection { io, session, .. } = self;
+        if poll_fn(|cx| session.out.poll_write(io, cx)).await.is_ok() {
+            let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
+        }
     }
 }
 
 /// Runs one connection until it ends, then logs one line about it.
-pub(crate) async fn run_connection<S>(mut ws: S, ctx: ConnCtx)
-where
-    S: Sink<Message, Error = WsError>
-        + Stream<Item = Result<Message, WsError>>
-        + Unpin
-        + Send
-        + 'static,
-{
+/// `read` is what the client sent after its upgrade request, if anything.
+///
+/// The setup is done here, outside the returned future, so that only what
+/// the connection needs while it lives is kept in its task.
+pub(crate) fn run_connection(
+    io: TcpStream,
+    read: Bytes,
+    ctx: ConnCtx,
+) -> impl Future<Output = ()> + Send {
     let ConnCtx {
         broker,
         admission,
         codec,
         peer,
     } = ctx;
-    let Admission {
-        id, mut shutdown, ..
-    } = admission;
+    let id = admission.id;
     let started = Instant::now();
-    // Only what the loop needs: the task keeps no copy of the configuration.
     let config = broker.config();
+    let tuning = Tuning {
+        bound: config.outbound_queue_bytes.max(1),
+        hard_limit: config.hard_message_limit(),
+        read_chunk: config.read_buffer_bytes,
+    };
     let rate_limit = config.rate_limit;
-    let bound = config.outbound_queue_bytes.max(1);
-    let ping = Duration::from_millis(config.ping_interval_ms);
-    let idle = Duration::from_millis(config.idle_timeout_ms);
-    let write_timeout = config.write_timeout();
-    let shutdown_timeout = config.shutdown_timeout();
     broker.metrics().connections.inc();
     broker.metrics().connections_total.inc();
     info!(conn_id = %id, %peer, codec = ?codec, "connected");
 
-    let now = Instant::now();
+    let mut reader = FrameReader::default();
+    reader.buffer().extend_from_slice(&read);
     let mut conn = Connection {
-        rate: (rate_limit > 0).then(|| RateLimiter::new(rate_limit)),
-        broker,
-        id,
-        codec,
-        subs: Subscriptions::default(),
-        out: Outbox::new(),
-        last_seen: now,
-        last_ping: now,
-        stalled_since: None,
-        received_bytes: 0,
+        io,
+        reader,
+        session: Session {
+            rate: (rate_limit > 0).then(|| RateLimiter::new(rate_limit)),
+            broker,
+            admission,
+            codec,
+            subs: Subscriptions::default(),
+            out: Outbox::default(),
+            last_seen: started,
+            last_ping: started,
+            stalled_since: None,
+            received_bytes: 0,
+        },
     };
-    conn.send(&Envelope::Welcome {
+    let welcome = Envelope::Welcome {
         version: PROTOCOL_VERSION,
-        node: conn.broker.node_id().clone(),
+        node: conn.session.broker.node_id().clone(),
         codec: codec.name(),
-        limits: conn.broker.limits().clone(),
-    });
-
-    let timer = tokio::time::sleep_until(conn.next_deadline(ping, idle, write_timeout));
-    tokio::pin!(timer);
-    // Made once, so the connection registers with the shared shutdown signal
-    // once rather than on every turn of the loop.
-    let shutdown_signal = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        limits: conn.session.broker.limits().clone(),
     };
-    tokio::pin!(shutdown_signal);
-    let mut reads_first = true;
+    conn.session.send(&welcome);
 
-    let exit = loop {
-        let room = conn.out.bytes < bound;
-        match (room, conn.stalled_since) {
-            (false, None) => {
-                conn.stalled_since = Some(Instant::now());
-                timer
-                    .as_mut()
-                    .reset(conn.next_deadline(ping, idle, write_timeout));
-            }
-            (true, Some(_)) => conn.stalled_since = None,
-            _ => {}
-        }
-        // Frames from the peer and deliveries take turns going first, so
-        // neither a flooding client nor a busy topic starves the other.
-        reads_first = !reads_first;
-        tokio::select! {
-            biased;
-            () = &mut shutdown_signal => {
-                break Exit::close(CloseCode::GoingAway, "broker shutting down");
-            }
-            () = &mut timer => {
-                if let Some(exit) = conn.on_timer(ping, idle, write_timeout) {
-                    break exit;
-                }
-                timer.as_mut().reset(conn.next_deadline(ping, idle, write_timeout));
-            }
-            event = poll_fn(|cx| poll_io(&mut ws, &mut conn.subs, &mut conn.out, room, reads_first, cx)) => {
-                let exit = match event {
-                    Io::Read(Ok(message)) => conn.on_message(message),
-                    Io::Read(Err(error)) => Some(read_error_exit(error)),
-                    Io::Closed => Some(Exit::PeerClosed),
-                    Io::Received(received) => conn.on_received(received, bound),
-                    Io::Aborted => None,
-                    Io::Written(Ok(())) => {
-                        conn.flush_metrics();
-                        None
-                    }
-                    Io::Written(Err(error)) => Some(Exit::PeerGone(error.to_string())),
-                };
-                if let Some(exit) = exit {
-                    break exit;
-                }
-            }
-        }
-    };
-
-    let reason = match &exit {
-        Exit::PeerClosed => "client closed".to_owned(),
-        Exit::PeerGone(why) => format!("connection lost: {why}"),
-        Exit::Close(code, why) => format!("closed with {code}: {why}"),
-    };
-    if let Exit::Close(code, why) = exit {
-        conn.broker.metrics().close(code);
-        if code == CloseCode::SlowConsumer.code() {
-            // Its backlog is what made it slow: the close frame goes first.
-            conn.out.queue.clear();
-            conn.out.bytes = 0;
-        }
-        let deadline = if code == CloseCode::GoingAway.code() {
-            shutdown_timeout
-        } else {
-            Duration::from_secs(2)
+    async move {
+        let exit = conn.run(tuning).await;
+        let reason = match &exit {
+            Exit::PeerClosed => "client closed".to_owned(),
+            Exit::PeerGone(why) => format!("connection lost: {why}"),
+            Exit::Close(code, why) => format!("closed with {code}: {why}"),
         };
-        conn.out.push(Message::Close(Some(CloseFrame {
-            code: WsCloseCode::from(code),
-            reason: why.into(),
-        })));
-        // Boxed: the closing steps take no room in every connection's state.
-        let closing = tokio::time::timeout(deadline, close_handshake(&mut conn.out, &mut ws));
-        let _ = Box::pin(closing).await;
-    } else if !conn.out.is_idle() {
-        // Send the answer to the peer's close frame.
-        let answer = poll_fn(|cx| conn.out.poll_drain(Pin::new(&mut ws), cx));
-        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), answer)).await;
-    }
-    info!(
-        conn_id = %id,
-        %reason,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "disconnected"
-    );
-}
-
-/// Writes what is queued (ending with our close frame), then waits a moment
-/// for the peer's close frame, so the client sees a clean close.
-async fn close_handshake<S>(out: &mut Outbox, ws: &mut S)
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    if poll_fn(|cx| out.poll_drain(Pin::new(&mut *ws), cx))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-/// One thing that happened on a connection's socket or subscriptions.
-enum Io {
-    /// A message from the peer, or a read error.
-    Read(Result<Message, WsError>),
-    /// The peer's stream ended.
-    Closed,
-    /// A subscription produced something.
-    Received(Received),
-    /// A subscription that was dropped finished; nothing to do.
-    Aborted,
-    /// Everything queued was written and flushed.
-    Written(Result<(), WsError>),
-}
-
-/// Polls, in turn, the peer's next frame and the subscriptions (while the
-/// outbound queue has room), then the write step, which therefore runs once
-/// everything ready has been queued: one flush per batch.
-fn poll_io<S>(
-    ws: &mut S,
-    subs: &mut Subscriptions,
-    out: &mut Outbox,
-    room: bool,
-    reads_first: bool,
-    cx: &mut Context<'_>,
-) -> Poll<Io>
-where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    if room {
-        for read in [reads_first, !reads_first] {
-            if read {
-                if let Poll::Ready(item) = ws.poll_next_unpin(cx) {
-                    return Poll::Ready(item.map_or(Io::Closed, Io::Read));
-                }
-            } else if !subs.waiting.is_empty()
-                && let Poll::Ready(Some(outcome)) = subs.waiting.poll_next_unpin(cx)
-            {
-                return Poll::Ready(outcome.map_or(Io::Aborted, Io::Received));
-            }
+        if let Some(closing) = conn.closing(exit, tuning) {
+            closing.await;
         }
+        info!(
+            conn_id = %id,
+            %reason,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "disconnected"
+        );
     }
-    if !out.is_idle()
-        && let Poll::Ready(result) = out.poll_drain(Pin::new(ws), cx)
-    {
-        return Poll::Ready(Io::Written(result));
-    }
-    Poll::Pending
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
-    use tokio_tungstenite::WebSocketStream;
-    use tokio_tungstenite::tungstenite::protocol::Role;
 
     #[tokio::test]
     async fn connection_task_state_stays_small() {
         // Every idle connection carries its task's state: keep it small.
-        let (server, _client) = tokio::io::duplex(64);
-        let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
         let broker = Broker::new(Config::ephemeral());
         let ctx = ConnCtx {
             admission: broker.try_admit().unwrap(),
             broker,
             codec: Codec::Json,
-            peer: "test".into(),
+            peer,
         };
-        let task = run_connection(ws, ctx);
+        let task = run_connection(server, Bytes::new(), ctx);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1600, "connection task state is {size} bytes");
+        assert!(size <= 768, "connection task state is {size} bytes");
+    }
+
+    #[test]
+    fn discarding_keeps_a_partly_written_frame() {
+        let mut out = Outbox::default();
+        ws::write_message(&mut out.buf, Kind::Text, b"first");
+        ws::write_message(&mut out.buf, Kind::Text, b"second");
+        out.sent = 3;
+        out.discard_unsent();
+        assert_eq!(out.buf.len(), 7, "the first frame stays whole");
+        out.sent = 7;
+        out.discard_unsent();
+        assert_eq!(out.buf.len(), 7);
     }
 }

@@ -3,13 +3,15 @@
 use std::sync::{Arc, OnceLock};
 
 use starling_protocol::{Codec, Envelope, Filter, Frame, Payload, Topic};
-use tokio_tungstenite::tungstenite::Message;
+
+use crate::ws::{self, Kind};
 
 /// A message as it travels through a topic's broadcast channel.
 ///
 /// Every subscriber of the topic receives the same `Arc<Delivery>`. Its wire
-/// frame is encoded at most once per codec, on first use, and then shared:
-/// a subscriber's writer clones bytes, it never re-encodes.
+/// frame is encoded at most once per codec, on first use, as a complete
+/// WebSocket frame (header included), and then shared: a subscriber's writer
+/// copies those bytes into its outbound buffer, it never re-encodes.
 #[derive(Debug)]
 pub struct Delivery {
     /// The concrete topic it was published to.
@@ -22,7 +24,7 @@ pub struct Delivery {
     pub sub: Option<Filter>,
     /// The node it was published on.
     pub origin: Arc<str>,
-    encoded: [OnceLock<Option<Message>>; 2],
+    encoded: [OnceLock<Option<Box<[u8]>>>; 2],
 }
 
 impl Delivery {
@@ -50,9 +52,9 @@ impl Delivery {
         }
     }
 
-    /// The `message` frame in `codec`, encoded on first use. `None` when the
-    /// payload cannot be expressed in that codec.
-    pub fn frame(&self, codec: Codec) -> Option<&Message> {
+    /// The `message` frame in `codec` as WebSocket frame bytes, encoded on
+    /// first use. `None` when the payload cannot be expressed in that codec.
+    pub fn wire(&self, codec: Codec) -> Option<&[u8]> {
         let slot = match codec {
             Codec::Json => &self.encoded[0],
             Codec::MsgPack => &self.encoded[1],
@@ -65,22 +67,27 @@ impl Delivery {
                 sub: self.sub.clone(),
             };
             match codec.encode(&envelope) {
-                Ok(frame) => Some(to_message(frame)),
+                Ok(frame) => {
+                    let mut wire = Vec::new();
+                    write_protocol_frame(&mut wire, &frame);
+                    Some(wire.into_boxed_slice())
+                }
                 Err(error) => {
                     tracing::error!(topic = %self.topic, %error, "cannot encode message");
                     None
                 }
             }
         })
-        .as_ref()
+        .as_deref()
     }
 }
 
-/// A protocol frame as a WebSocket message: the one place where the two meet.
-pub(crate) fn to_message(frame: Frame) -> Message {
+/// Appends a protocol frame as one WebSocket message: the one place where
+/// the two meet.
+pub(crate) fn write_protocol_frame(out: &mut Vec<u8>, frame: &Frame) {
     match frame {
-        Frame::Text(text) => Message::Text(text.into()),
-        Frame::Binary(bytes) => Message::Binary(bytes.into()),
+        Frame::Text(text) => ws::write_message(out, Kind::Text, text.as_bytes()),
+        Frame::Binary(bytes) => ws::write_message(out, Kind::Binary, bytes),
     }
 }
 
@@ -96,18 +103,16 @@ mod tests {
             None,
             "n1".into(),
         );
-        let a = d.frame(Codec::Json).unwrap().clone();
-        let b = d.frame(Codec::Json).unwrap().clone();
-        let (Message::Text(a), Message::Text(b)) = (a, b) else {
-            panic!("json frames are text")
-        };
-        assert_eq!(
-            a.as_str(),
-            r#"{"type":"message","topic":"t","payload":{"a":1}}"#
-        );
+        let a = d.wire(Codec::Json).unwrap();
+        let b = d.wire(Codec::Json).unwrap();
+        let text = r#"{"type":"message","topic":"t","payload":{"a":1}}"#;
+        // A final text frame (0x81) of its length, unmasked.
+        assert_eq!(&a[..2], &[0x81, text.len() as u8]);
+        assert_eq!(&a[2..], text.as_bytes());
         // Same allocation: the second call did not encode again.
-        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
-        assert!(d.frame(Codec::MsgPack).unwrap().is_binary());
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        // A final binary frame.
+        assert_eq!(d.wire(Codec::MsgPack).unwrap()[0], 0x82);
     }
 
     #[test]
@@ -119,12 +124,10 @@ mod tests {
             "n1".into(),
         );
         let p = d.through_pattern(Filter::new("metrics.*").unwrap());
-        let Message::Text(text) = p.frame(Codec::Json).unwrap() else {
-            panic!("json frames are text")
-        };
+        let wire = p.wire(Codec::Json).unwrap();
         assert_eq!(
-            text.as_str(),
-            r#"{"type":"message","topic":"metrics.cpu","payload":1,"sub":"metrics.*"}"#
+            &wire[2..],
+            br#"{"type":"message","topic":"metrics.cpu","payload":1,"sub":"metrics.*"}"#
         );
     }
 }

@@ -30,6 +30,7 @@ pub mod ring;
 mod server;
 mod stats;
 mod web;
+mod ws;
 
 pub use broker::{Broker, ConnId, PublishError, Published};
 pub use cluster::ClusterError;

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -10,15 +11,16 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use hyper::body::Incoming;
+use hyper::upgrade::Parts;
 use hyper_util::rt::TokioIo;
 use starling_protocol::http::{ErrorBody, Health, PublishRequest};
 use starling_protocol::{Codec, ErrorCode};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tower_service::Service;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
@@ -26,6 +28,10 @@ use crate::config::Config;
 use crate::connection::{ConnCtx, run_connection};
 use crate::metrics::Source;
 use crate::{stats, web};
+
+/// How long the accept loop waits after an error such as running out of
+/// file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A JSON answer with a status.
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -150,26 +156,27 @@ async fn upgrade(
     };
 
     let on_upgrade = hyper::upgrade::on(request);
-    let config = ws_config(broker.config());
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                let ctx = ConnCtx {
-                    broker,
-                    admission,
-                    codec,
-                    peer: peer.to_string(),
-                };
-                run_connection(ws, ctx).await;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                debug!(%peer, %error, "upgrade failed");
+                return;
             }
-            Err(error) => debug!(%peer, %error, "upgrade failed"),
-        }
+        };
+        // The bare socket, and whatever the client sent after its request.
+        let Ok(Parts { io, read_buf, .. }) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            warn!(%peer, "upgraded connection is not a TCP stream");
+            return;
+        };
+        let ctx = ConnCtx {
+            broker,
+            admission,
+            codec,
+            peer,
+        };
+        // A task of its own, holding only what the connection needs.
+        tokio::spawn(run_connection(io.into_inner(), read_buf, ctx));
     });
 
     let mut response = Response::new(Body::empty());
@@ -188,19 +195,6 @@ async fn upgrade(
         );
     }
     response
-}
-
-/// The WebSocket layer's settings: small buffers for many mostly idle
-/// connections, and a hard cap on incoming messages.
-fn ws_config(config: &Config) -> WebSocketConfig {
-    let hard = config.hard_message_limit();
-    WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_bytes.max(256))
-        // Frames are batched by the connection task, which flushes once per batch.
-        .write_buffer_size(config.outbound_queue_bytes.max(4096))
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(hard))
-        .max_frame_size(Some(hard))
 }
 
 /// `GET /healthz`: 200 while serving, 503 while shutting down.
@@ -315,39 +309,109 @@ pub async fn start(config: Config) -> io::Result<RunningBroker> {
 }
 
 /// Serves on `listener` until `signal` completes, then shuts down gracefully:
-/// stops accepting, closes every client with 1001, and waits for them (up to
-/// the shutdown timeout).
+/// stops accepting, lets HTTP requests in progress finish, closes every
+/// client with 1001, and waits for them (up to the shutdown timeout).
+///
+/// Each TCP connection is served by hyper's HTTP/1 server; a WebSocket
+/// upgrade hands the bare TCP stream to the connection task (see
+/// [`upgrade`]), which speaks WebSocket on it without hyper in between.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    use axum::serve::ListenerExt;
-
     let addr = listener.local_addr()?;
     broker.join_cluster().map_err(io::Error::other)?;
     info!(%addr, node = %broker.node_id(), "listening");
     let stats = tokio::spawn(stats::run(broker.clone()));
-    let app = router(broker.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let listener = listener.tap_io(|tcp| {
+    let app = router(broker.clone());
+    // Tells the HTTP connections to finish; each holds a receiver, so it
+    // also tells when they all have.
+    let (http_stop, _) = watch::channel(false);
+    tokio::pin!(signal);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            () = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    on_accept_error(&error).await;
+                    continue;
+                }
+            },
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    let on_signal = broker.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal.await;
-            info!("shutting down");
-            on_signal.begin_shutdown();
-        })
-        .await?;
+        tokio::spawn(serve_http(tcp, peer, app.clone(), http_stop.subscribe()));
+    }
+    info!("shutting down");
+    broker.begin_shutdown();
+    http_stop.send_replace(true);
+    drop(listener);
+    let shutdown_timeout = broker.config().shutdown_timeout();
+    if tokio::time::timeout(shutdown_timeout, http_stop.closed())
+        .await
+        .is_err()
+    {
+        warn!("some HTTP requests did not finish in time");
+    }
     stats.abort();
     broker.leave_cluster();
-    let deadline = broker.config().shutdown_timeout() + std::time::Duration::from_secs(1);
+    let deadline = shutdown_timeout + Duration::from_secs(1);
     if !broker.connections_closed(deadline).await {
         warn!("some connections did not close in time");
     }
     info!("stopped");
     Ok(())
+}
+
+/// What the accept loop does when `accept` fails. Errors about one
+/// connection are skipped; running out of descriptors or memory backs off a
+/// moment, so that the loop does not spin while nothing can be accepted.
+async fn on_accept_error(error: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    warn!(%error, "cannot accept a connection; retrying shortly");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+/// Serves HTTP/1 on one TCP connection until it closes or is upgraded.
+/// When the broker shuts down, a request in progress is finished and the
+/// connection is then closed.
+async fn serve_http(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { app.call(request.map(Body::new)).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stopping = async {
+        // The guard it returns must not live across the await below.
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%peer, %error, "HTTP connection ended with an error");
+    }
 }
