@@ -194,17 +194,17 @@ impl Broker {
     /// is missed or repeated between them.
     pub(crate) fn subscribe(
         &self,
-        filter: &starling_protocol::Filter,
+        filter: &mut starling_protocol::Filter,
         since: Option<u64>,
     ) -> (DeliveryReceiver, Option<Replay>) {
         if let (Some(since), Some(topic)) = (since, filter.as_topic())
             && let Some(history) = self.shared.history.get(&topic)
         {
             let history = HistoryStore::lock(&history);
-            let rx = self.shared.registry.subscribe(filter);
+            let rx = self.shared.registry.subscribe_shared(filter);
             return (rx, Some(history.replay(since)));
         }
-        (self.shared.registry.subscribe(filter), None)
+        (self.shared.registry.subscribe_shared(filter), None)
     }
 
     /// Joins the cluster configured with `--redis-url`, if any. Does not wait

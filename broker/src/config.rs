@@ -64,8 +64,10 @@ pub struct Config {
     #[arg(long, env = "STARLING_OUTBOUND_QUEUE_BYTES", default_value_t = 64 * 1024)]
     pub outbound_queue_bytes: usize,
 
-    /// Size of each connection's read buffer, in bytes.
-    #[arg(long, env = "STARLING_READ_BUFFER_BYTES", default_value_t = 1024)]
+    /// How many bytes a connection reads from its socket at a time. The read
+    /// buffer exists only while there is input to parse: a quiet connection
+    /// holds none, a frame larger than this is read in one buffer of its size.
+    #[arg(long, env = "STARLING_READ_BUFFER_BYTES", default_value_t = 4096)]
     pub read_buffer_bytes: usize,
 
     /// What to do with a subscriber that falls behind.

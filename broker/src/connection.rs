@@ -95,9 +95,10 @@ impl Exit {
 struct Outbox {
     buf: Vec<u8>,
     sent: usize,
-    /// Counts since the last batch, added to the shared metrics per batch.
-    delivered: u64,
-    sent_bytes: u64,
+    /// Counts since the last batch, added to the shared metrics per batch
+    /// (a batch is bounded by the outbound bound, far below `u32::MAX`).
+    delivered: u32,
+    sent_bytes: u32,
 }
 
 impl Outbox {
@@ -125,7 +126,7 @@ impl Outbox {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += written;
-            self.sent_bytes += written as u64;
+            self.sent_bytes = self.sent_bytes.saturating_add(written as u32);
         }
         self.buf = Vec::new();
         self.sent = 0;
@@ -191,7 +192,6 @@ struct Sub {
 #[derive(Default)]
 struct Subscriptions {
     slots: Vec<Option<Sub>>,
-    count: usize,
     /// Made with the first subscription.
     woken: Option<Arc<Woken>>,
     /// Slots to look at: woken, or left with messages when the budget or
@@ -235,12 +235,14 @@ impl Subscriptions {
             self.ready.push_back(slot_id);
         }
         self.slots[slot] = Some(sub);
-        self.count += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
     }
 
     fn remove(&mut self, slot: usize) -> Option<Sub> {
         let sub = self.slots.get_mut(slot)?.take()?;
-        self.count -= 1;
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
         }
@@ -274,11 +276,11 @@ struct Session {
     codec: Codec,
     subs: Subscriptions,
     out: Outbox,
-    rate: Option<RateLimiter>,
+    /// Boxed: most brokers run without a rate limit.
+    rate: Option<Box<RateLimiter>>,
     last_seen: Instant,
     last_ping: Instant,
     stalled_since: Option<Instant>,
-    received_bytes: u64,
 }
 
 impl Drop for Session {
@@ -319,17 +321,12 @@ impl Session {
         if self.out.delivered > 0 {
             metrics
                 .delivered
-                .inc_by(std::mem::take(&mut self.out.delivered));
+                .inc_by(u64::from(std::mem::take(&mut self.out.delivered)));
         }
         if self.out.sent_bytes > 0 {
             metrics
                 .bytes_out
-                .inc_by(std::mem::take(&mut self.out.sent_bytes));
-        }
-        if self.received_bytes > 0 {
-            metrics
-                .bytes_in
-                .inc_by(std::mem::take(&mut self.received_bytes));
+                .inc_by(u64::from(std::mem::take(&mut self.out.sent_bytes)));
         }
     }
 
@@ -434,13 +431,13 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, id: Option<u64>, filter: Filter, since: Option<u64>) {
+    fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, since: Option<u64>) {
         if self.subs.find(&filter).is_some() {
             self.ack(id, None);
             return;
         }
         let max = self.broker.config().max_subscriptions;
-        if self.subs.count >= max {
+        if self.subs.len() >= max {
             self.send_error(
                 id,
                 ErrorCode::TooManySubscriptions,
@@ -448,7 +445,7 @@ impl Session {
             );
             return;
         }
-        let (rx, replay) = self.broker.subscribe(&filter, since);
+        let (rx, replay) = self.broker.subscribe(&mut filter, since);
         debug!(conn_id = %self.admission.id, topic = %filter, ?since, "subscribed");
         self.ack(id, None);
         if let Some(Replay {
@@ -681,7 +678,7 @@ impl Connection {
                     }
                     Poll::Ready(Ok(n)) => {
                         progress = true;
-                        session.received_bytes += n as u64;
+                        session.broker.metrics().bytes_in.inc_by(n as u64);
                         session.last_seen = Instant::now();
                         match reader.parse(tuning.hard_limit, |event| session.on_event(event)) {
                             Ok(ControlFlow::Continue(())) => {}
@@ -861,7 +858,7 @@ pub(crate) fn run_connection(
         io,
         reader,
         session: Session {
-            rate: (rate_limit > 0).then(|| RateLimiter::new(rate_limit)),
+            rate: (rate_limit > 0).then(|| Box::new(RateLimiter::new(rate_limit))),
             broker,
             admission,
             codec,
@@ -870,7 +867,6 @@ pub(crate) fn run_connection(
             last_seen: started,
             last_ping: started,
             stalled_since: None,
-            received_bytes: 0,
         },
     };
     let welcome = Envelope::Welcome {
@@ -922,7 +918,7 @@ mod tests {
         };
         let task = run_connection(server, Bytes::new(), ctx);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 768, "connection task state is {size} bytes");
+        assert!(size <= 704, "connection task state is {size} bytes");
     }
 
     #[test]

@@ -79,10 +79,18 @@ impl TopicRegistry {
     /// Registers one subscriber of `filter` and returns its receiver, which
     /// sees every message published from now on.
     pub fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
+        self.subscribe_shared(&mut filter.clone())
+    }
+
+    /// [`TopicRegistry::subscribe`], and `filter` becomes the registry's own
+    /// copy, so that the subscribers of a topic share one name in memory.
+    pub(crate) fn subscribe_shared(&self, filter: &mut Filter) -> DeliveryReceiver {
         let rx = match filter.as_topic() {
-            Some(topic) => self.add_subscriber(&self.topics, topic, filter),
+            Some(topic) => {
+                self.add_subscriber(&self.topics, topic, filter, |key| Filter::from(key.clone()))
+            }
             None => {
-                let rx = self.add_subscriber(&self.patterns, filter.clone(), filter);
+                let rx = self.add_subscriber(&self.patterns, filter.clone(), filter, Clone::clone);
                 self.pattern_count
                     .store(self.patterns.len(), Ordering::Relaxed);
                 rx
@@ -96,7 +104,8 @@ impl TopicRegistry {
         &self,
         map: &DashMap<K, Channel>,
         key: K,
-        filter: &Filter,
+        filter: &mut Filter,
+        shared: impl FnOnce(&K) -> Filter,
     ) -> DeliveryReceiver {
         let mut channel = map.entry(key).or_insert_with(|| {
             self.metrics.topics.inc();
@@ -111,6 +120,7 @@ impl TopicRegistry {
                 glob: filter.is_pattern().then(|| glob_of(filter)),
             }
         });
+        *filter = shared(channel.key());
         channel.subscribers += 1;
         channel.tx.subscribe()
     }

@@ -191,6 +191,12 @@ impl<T: Clone> Receiver<T> {
         let tail = inner.tail();
         // Queued already for this tail: the next send wakes it.
         if self.waiting_at != Some(tail) {
+            // Grown by doubling from one: a quiet topic with one subscriber
+            // keeps one entry, not four.
+            if inner.waiting.len() == inner.waiting.capacity() {
+                let more = inner.waiting.len().max(1);
+                inner.waiting.reserve_exact(more);
+            }
             inner.waiting.push((self.id, cx.waker().clone()));
             self.waiting_at = Some(tail);
         }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hyper::body::Incoming;
 use hyper::upgrade::Parts;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use starling_protocol::http::{ErrorBody, Health, PublishRequest};
 use starling_protocol::{Codec, ErrorCode};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +32,9 @@ use crate::{stats, web};
 /// How long the accept loop waits after an error such as running out of
 /// file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long an HTTP connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A JSON answer with a status.
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -397,6 +400,9 @@ async fn serve_http(
         async move { app.call(request.map(Body::new)).await }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        // A client that opens a connection and sends no request is dropped.
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -329,3 +329,26 @@ async fn plain_get_of_ws_without_upgrade_headers_gets_400_with_a_json_body() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = TestBroker::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
+    // Half a request line, then nothing.
+    tcp.write_all(b"GET /healthz HT").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the broker closes a connection whose request headers never come");
+    // Closed, possibly after a 408; never a normal answer.
+    if let Ok(n) = read
+        && n > 0
+    {
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}
