@@ -66,6 +66,9 @@ const TURNS_PER_POLL: usize = 16;
 /// The read buffer is topped up to at least this much room before a read.
 const MIN_READ_ROOM: usize = 512;
 
+/// What an empty outbound buffer is given when deliveries start to arrive.
+const OUT_INITIAL: usize = 4096;
+
 /// Written bytes at the front of the outbound buffer are dropped once there
 /// are this many (the buffer is simply freed when all of it is written).
 const COMPACT_AFTER: usize = 64 * 1024;
@@ -517,6 +520,10 @@ impl Session {
         };
         let codec = self.codec;
         let out = &mut self.out;
+        // One allocation for a typical batch, rather than a few regrowths.
+        if out.buf.capacity() == 0 {
+            out.buf.reserve(OUT_INITIAL);
+        }
         let mut budget = DRAIN_BUDGET;
         let mut missed_total = 0;
         while budget > 0 && out.queued() < bound {

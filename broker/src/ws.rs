@@ -613,4 +613,73 @@ mod tests {
             assert_eq!(fast, slow);
         }
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A client message and the frames it is sent as.
+        fn message() -> impl Strategy<Value = (bool, Vec<u8>, Vec<usize>)> {
+            (
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(1usize..100, 0..4),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..64), 0..16)
+            ) {
+                let mut reader = FrameReader::default();
+                for chunk in chunks {
+                    reader.buffer().extend_from_slice(&chunk);
+                    if reader.parse(4096, |_| ControlFlow::<()>::Continue(())).is_err() {
+                        break;
+                    }
+                }
+            }
+
+            #[test]
+            fn fragmented_messages_split_anywhere_come_out_whole(
+                messages in proptest::collection::vec(message(), 1..6),
+                split in any::<proptest::sample::Index>(),
+            ) {
+                let mut wire = Vec::new();
+                let mut expected = Vec::new();
+                for (binary, data, cuts) in &messages {
+                    // Binary keeps arbitrary bytes; text is made valid UTF-8.
+                    let data = if *binary {
+                        data.clone()
+                    } else {
+                        String::from_utf8_lossy(data).into_owned().into_bytes()
+                    };
+                    let mut pieces = Vec::new();
+                    let mut rest = &data[..];
+                    for &cut in cuts {
+                        let at = cut.min(rest.len());
+                        pieces.push(&rest[..at]);
+                        rest = &rest[at..];
+                    }
+                    pieces.push(rest);
+                    let first_opcode = if *binary { 0x2 } else { 0x1 };
+                    let last = pieces.len() - 1;
+                    for (i, piece) in pieces.iter().enumerate() {
+                        let opcode = if i == 0 { first_opcode } else { 0x0 };
+                        let fin = if i == last { 0x80 } else { 0 };
+                        wire.extend(client_frame(fin | opcode, piece));
+                    }
+                    let kind = if *binary { "Binary" } else { "Text" };
+                    expected.push(format!("{kind}:{}", String::from_utf8_lossy(&data)));
+                }
+                let at = split.index(wire.len() + 1);
+                let mut reader = FrameReader::default();
+                let mut seen = parse(&mut reader, &wire[..at]).unwrap();
+                seen.extend(parse(&mut reader, &wire[at..]).unwrap());
+                prop_assert_eq!(seen, expected);
+                prop_assert_eq!(reader.held(), 0);
+            }
+        }
+    }
 }
