@@ -104,8 +104,8 @@ pub(crate) struct Common {
     #[arg(long, default_value = "bench")]
     pub(crate) topic_prefix: String,
 
-    /// Read buffer of each subscriber connection, in bytes (10,000 connections
-    /// hold 10,000 of them).
+    /// Read buffer of the subscriber connections, in bytes: each connection's
+    /// while it connects and subscribes, then the one buffer all are read into.
     #[arg(long, default_value_t = 16 * 1024)]
     pub(crate) read_buffer_bytes: usize,
 }

@@ -1,8 +1,8 @@
 //! `starling-bench`: a load generator for a Starling broker, to run against
 //! your own deployment (like `nats bench`).
 //!
-//! The subscriber connections all run on one current-thread runtime on one
-//! OS thread, the publishers on another, and the main thread steers the
+//! The subscriber connections are all read by one epoll loop on one OS
+//! thread, the publishers run on another, and the main thread steers the
 //! phases and samples the broker's /proc entries. See `bench/README.md`.
 
 mod cli;
@@ -14,6 +14,7 @@ mod scan;
 mod scenarios;
 mod stats;
 mod subscribers;
+mod wire;
 mod ws;
 
 use clap::Parser;

@@ -59,13 +59,19 @@ impl Progress {
         self.fanout.store(subscribers.max(1), Ordering::Relaxed);
     }
 
-    /// Counts one delivery; wakes a publisher each time one more message has
-    /// (on average) reached every subscriber.
-    pub(crate) fn delivered_one(&self) {
-        let delivered = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
-        if delivered.is_multiple_of(self.fanout.load(Ordering::Relaxed).max(1)) {
+    /// Counts `n` deliveries (those of one read); wakes a publisher when one
+    /// more message has (on average) reached every subscriber.
+    pub(crate) fn delivered(&self, n: u64) {
+        let before = self.delivered.fetch_add(n, Ordering::Relaxed);
+        let fanout = self.fanout.load(Ordering::Relaxed).max(1);
+        if (before + n) / fanout > before / fanout {
             self.wake.notify_one();
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn delivered_count(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     fn in_flight(&self) -> u64 {
@@ -484,5 +490,29 @@ impl Publisher<'_> {
                 self.report.ack_latency.record(sent, now_ns());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_in_batches_wake_the_publishers_per_complete_message() {
+        let progress = Progress::default();
+        progress.set_fanout(10);
+        progress.published.store(5, Ordering::Relaxed);
+        let woken = |p: &Progress| p.wake.notified().now_or_never().is_some();
+        progress.delivered(9);
+        assert!(!woken(&progress));
+        assert_eq!(progress.in_flight(), 5);
+        progress.delivered(1);
+        assert!(woken(&progress));
+        assert_eq!(progress.in_flight(), 4);
+        // Two more messages complete within one batch: one wake-up.
+        progress.delivered(25);
+        assert!(woken(&progress));
+        assert!(!woken(&progress));
+        assert_eq!(progress.in_flight(), 2);
     }
 }
