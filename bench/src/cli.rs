@@ -170,6 +170,21 @@ pub(crate) struct SaturateArgs {
     /// subscriber (and not yet acked).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) in_flight: u32,
+    /// When a message stops counting as in flight.
+    #[arg(long, value_enum, default_value_t = Until::Delivered)]
+    pub(crate) until: Until,
+}
+
+/// When a message stops counting as in flight, in `saturate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Until {
+    /// Once every subscriber has received it (and it is acked): the rate the
+    /// broker sustains end to end.
+    Delivered,
+    /// Once the broker has acked it, as a publisher that sees only its own
+    /// connection does. The broker may then queue deliveries; the report
+    /// shows whether subscribers kept up (lagged, delivered ratio).
+    Acked,
 }
 
 /// `topics`.
@@ -270,6 +285,20 @@ mod tests {
         assert_eq!(args.load.duration, Duration::from_secs(20));
         assert_eq!(args.common.broker_pid, Some(42));
         assert_eq!(args.common.url, "ws://127.0.0.1:7070/ws");
+    }
+
+    #[test]
+    fn saturate_counts_in_flight_until_delivered_unless_told() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["starling-bench", "saturate", "--in-flight", "16"];
+            argv.extend_from_slice(extra);
+            let Scenario::Saturate(args) = Cli::parse_from(argv).scenario else {
+                panic!("saturate parses as saturate")
+            };
+            (args.in_flight, args.until)
+        };
+        assert_eq!(parse(&[]), (16, Until::Delivered));
+        assert_eq!(parse(&["--until", "acked"]), (16, Until::Acked));
     }
 
     #[test]

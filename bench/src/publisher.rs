@@ -15,6 +15,7 @@ use starling_protocol::{Codec, Envelope};
 use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::cli::Until;
 use crate::frame::PublishEncoder;
 use crate::scan::{self, Scan};
 use crate::stats::{Latency, Tally, Window, now_ns};
@@ -35,10 +36,10 @@ const READ_BUFFER: usize = 64 * 1024;
 pub(crate) enum Mode {
     /// This many messages per second in total, spread evenly over the publishers.
     Rate(f64),
-    /// At most this many messages per publisher are in flight end to end:
-    /// published but not yet received by every subscriber. (Publishes carry
-    /// ids and their acks are timed too.)
-    Saturate { in_flight: usize },
+    /// At most this many messages per publisher are in flight: published
+    /// and not yet acked, and (with [`Until::Delivered`]) not yet received by
+    /// every subscriber. (Publishes carry ids and their acks are timed too.)
+    Saturate { in_flight: usize, until: Until },
 }
 
 /// Deliveries counted by the subscriber thread, read by the publishers: in
@@ -308,7 +309,14 @@ impl Publisher<'_> {
     async fn run(mut self, mode: Mode, j: usize, count: usize) -> PublisherReport {
         let open = match mode {
             Mode::Rate(total) => self.at_rate(total / count as f64, j, count).await,
-            Mode::Saturate { in_flight } => self.saturate(in_flight * count, j).await,
+            Mode::Saturate { in_flight, until } => {
+                let bound = match until {
+                    // All publishers together against the deliveries.
+                    Until::Delivered => in_flight * count,
+                    Until::Acked => in_flight,
+                };
+                self.saturate(bound, until, j).await
+            }
         };
         if open {
             ws::close(&mut self.ws, CLOSE_WAIT).await;
@@ -387,7 +395,7 @@ impl Publisher<'_> {
     /// Keeps `in_flight` publishes with ids outstanding until the end, then
     /// waits a little for their acks. Returns whether the connection is
     /// still open.
-    async fn saturate(&mut self, in_flight: usize, j: usize) -> bool {
+    async fn saturate(&mut self, in_flight: usize, until: Until, j: usize) -> bool {
         let topic = j % self.topics.len();
         let mut next_id: u64 = 1;
         let end = tokio::time::sleep_until(self.schedule.end.into());
@@ -396,9 +404,12 @@ impl Publisher<'_> {
             if Instant::now() >= self.schedule.end {
                 break;
             }
-            // `in_flight` bounds all publishers together, end to end.
+            // `in_flight` bounds all publishers together, end to end, or
+            // each publisher's unacked publishes.
             let mut wrote = false;
-            while self.pending.len() < in_flight && self.progress.in_flight() < in_flight as u64 {
+            while self.pending.len() < in_flight
+                && (until == Until::Acked || self.progress.in_flight() < in_flight as u64)
+            {
                 if !self.publish(topic, Some(next_id)).await {
                     return false;
                 }

@@ -55,6 +55,8 @@ pub(crate) struct LoadFigures {
     /// `Some(rate)` at a fixed rate, `None` when saturating.
     pub(crate) rate: Option<f64>,
     pub(crate) in_flight: Option<u64>,
+    /// When a message stopped counting as in flight: "delivered" or "acked".
+    pub(crate) in_flight_until: Option<&'static str>,
     pub(crate) payload_bytes: usize,
     pub(crate) warmup_secs: f64,
     pub(crate) window_secs: f64,
@@ -188,7 +190,10 @@ impl Summary {
         if let Some(l) = &self.load {
             let how = match (l.rate, l.in_flight) {
                 (Some(rate), _) => format!("{rate} msg/s"),
-                (None, Some(k)) => format!("{k} in flight"),
+                (None, Some(k)) => format!(
+                    "{k} in flight until {}",
+                    l.in_flight_until.unwrap_or("delivered")
+                ),
                 (None, None) => "?".to_owned(),
             };
             row(
@@ -358,6 +363,7 @@ impl Summary {
                 "publisher_connect_failures": l.publisher_failures.to_json(),
                 "rate": l.rate,
                 "in_flight": l.in_flight,
+                "in_flight_until": l.in_flight_until,
                 "payload_bytes": l.payload_bytes,
                 "warmup_secs": l.warmup_secs,
                 "window_secs": l.window_secs,
@@ -440,6 +446,7 @@ mod tests {
                 publisher_failures: Tally::default(),
                 rate: Some(100.0),
                 in_flight: None,
+                in_flight_until: None,
                 payload_bytes: 64,
                 warmup_secs: 1.0,
                 window_secs: 2.0,

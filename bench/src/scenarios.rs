@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use starling_protocol::{Codec, Topic};
 
-use crate::cli::{Common, IdleArgs, Load, Scenario, Subscribers as SubscriberArgs};
+use crate::cli::{Common, IdleArgs, Load, Scenario, Subscribers as SubscriberArgs, Until};
 use crate::procfs::ProcSample;
 use crate::publisher::{Mode, Progress, PublisherPlan, Publishers, Schedule};
 use crate::report::{BrokerFigures, LoadFigures, SubscriberFigures, Summary};
@@ -38,6 +38,7 @@ pub(crate) fn run(scenario: &Scenario) -> Result<Summary> {
             publishers: 1,
             mode: Mode::Saturate {
                 in_flight: a.in_flight as usize,
+                until: a.until,
             },
             common: &a.common,
             load: &a.load,
@@ -346,7 +347,14 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
         },
         in_flight: match spec.mode {
             Mode::Rate(_) => None,
-            Mode::Saturate { in_flight } => Some(in_flight as u64),
+            Mode::Saturate { in_flight, .. } => Some(in_flight as u64),
+        },
+        in_flight_until: match spec.mode {
+            Mode::Rate(_) => None,
+            Mode::Saturate { until, .. } => Some(match until {
+                Until::Delivered => "delivered",
+                Until::Acked => "acked",
+            }),
         },
         payload_bytes: published.payload_len,
         warmup_secs: warmup.as_secs_f64(),
