@@ -252,10 +252,14 @@ impl Subscriptions {
         Some(sub)
     }
 
-    /// Registers the task's waker, then moves what was woken to `ready`.
-    fn collect_woken(&mut self, task: &Waker) {
+    /// Registers the task's waker (once per poll), then moves what was
+    /// woken to `ready`.
+    fn collect_woken(&mut self, task: &Waker, registered: &mut bool) {
         if let Some(woken) = &self.woken {
-            woken.task.register(task);
+            if !*registered {
+                woken.task.register(task);
+                *registered = true;
+            }
             self.ready.extend(lock(&woken.slots).drain(..));
         }
     }
@@ -496,9 +500,8 @@ impl Session {
     }
 
     /// Takes deliveries from the subscriptions that have some, while the
-    /// outbound buffer has room. Returns whether anything was looked at.
-    fn deliver(&mut self, bound: usize) -> ControlFlow<Exit, bool> {
-        let mut looked = false;
+    /// outbound buffer has room.
+    fn deliver(&mut self, bound: usize) -> ControlFlow<Exit> {
         for _ in 0..self.subs.ready.len() {
             if self.out.queued() >= bound {
                 break;
@@ -506,10 +509,9 @@ impl Session {
             let Some(slot) = self.subs.ready.pop_front() else {
                 break;
             };
-            looked = true;
             self.drain_slot(slot, bound)?;
         }
-        ControlFlow::Continue(looked)
+        ControlFlow::Continue(())
     }
 
     /// Takes what one subscription has ready, within the budget and the
@@ -676,7 +678,11 @@ impl Connection {
             reader,
             session,
         } = self;
+        let mut registered = false;
         for _ in 0..TURNS_PER_POLL {
+            // Another turn is needed after a read that got data (the socket
+            // may hold more) or while subscriptions have something and the
+            // outbound buffer has room.
             let mut progress = false;
             if session.out.queued() < tuning.bound {
                 match poll_read(io, reader, tuning.read_chunk, cx) {
@@ -702,25 +708,22 @@ impl Connection {
                 }
             }
             // After the read, which may have added the first subscription.
-            session.subs.collect_woken(cx.waker());
-            if session.out.queued() < tuning.bound {
-                match session.deliver(tuning.bound) {
-                    ControlFlow::Continue(looked) => progress |= looked,
-                    ControlFlow::Break(exit) => return Poll::Ready(exit),
-                }
+            session.subs.collect_woken(cx.waker(), &mut registered);
+            if session.out.queued() < tuning.bound
+                && let ControlFlow::Break(exit) = session.deliver(tuning.bound)
+            {
+                return Poll::Ready(exit);
             }
             if session.out.queued() > 0 {
                 match session.out.poll_write(io, cx) {
-                    Poll::Ready(Ok(())) => {
-                        session.flush_metrics();
-                        progress = true;
-                    }
+                    Poll::Ready(Ok(())) => session.flush_metrics(),
                     Poll::Ready(Err(error)) => {
                         return Poll::Ready(Exit::PeerGone(error.to_string()));
                     }
                     Poll::Pending => {}
                 }
             }
+            progress |= !session.subs.ready.is_empty() && session.out.queued() < tuning.bound;
             if !progress {
                 return Poll::Pending;
             }
