@@ -315,9 +315,9 @@ pub async fn start(config: Config) -> io::Result<RunningBroker> {
 /// stops accepting, lets HTTP requests in progress finish, closes every
 /// client with 1001, and waits for them (up to the shutdown timeout).
 ///
-/// Each TCP connection is served by hyper's HTTP/1 server; a WebSocket
-/// upgrade hands the bare TCP stream to the connection task (see
-/// [`upgrade`]), which speaks WebSocket on it without hyper in between.
+/// Each TCP connection is served by hyper's HTTP/1 server; the WebSocket
+/// upgrade at `/ws` hands the bare TCP stream to the connection task, which
+/// speaks WebSocket on it without hyper in between.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
