@@ -196,8 +196,8 @@ impl FrameReader {
         // Fits in usize: it is at most `max`.
         let end = start + len as usize;
         if end > self.buf.len() {
-            // Make room for the rest of this frame in one go.
-            self.buf.reserve(end - self.buf.len());
+            // Not all here yet. The buffer grows as bytes arrive, not as the
+            // header announces: a header alone costs the broker nothing.
             return Ok(None);
         }
         apply_mask(&mut self.buf[start..end], mask);
@@ -523,6 +523,16 @@ mod tests {
             violation(&client_frame(0x88, &bad_reason)).code,
             CloseCode::InvalidPayload
         );
+    }
+
+    #[test]
+    fn a_header_alone_reserves_nothing_for_its_payload() {
+        let mut reader = FrameReader::default();
+        let header = &client_frame(BINARY, &[0; 60_000])[..8];
+        reader.buffer().extend_from_slice(header);
+        let flow = reader.parse(1 << 20, |_| ControlFlow::<()>::Continue(()));
+        assert_eq!(flow, Ok(ControlFlow::Continue(())));
+        assert!(reader.buf.capacity() < 1024, "{}", reader.buf.capacity());
     }
 
     #[test]
