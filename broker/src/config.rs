@@ -37,6 +37,21 @@ pub struct Config {
     #[arg(long, env = "STARLING_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
 
+    /// Connections the kernel may hold completed but not yet accepted (the
+    /// `listen` backlog; the kernel caps it at `net.core.somaxconn`). A short
+    /// queue makes a burst of clients reconnecting at once wait for SYN
+    /// retries, a second or more each.
+    #[arg(long, env = "STARLING_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
+    /// Threads that run connections (default: one per core the process may
+    /// use, as `taskset` or a container's CPU set allows). With one, the
+    /// broker runs tokio's single-threaded scheduler: connections take turns
+    /// strictly in order and nothing is shared between threads, which is the
+    /// fastest way to use a single core.
+    #[arg(long, env = "STARLING_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// This node's id, sent in `welcome` (default: generated at start).
     #[arg(long, env = "STARLING_NODE_ID")]
     pub node_id: Option<String>,
@@ -169,6 +184,24 @@ impl Config {
         self.max_message_bytes.saturating_mul(2)
     }
 
+    /// The async runtime the binary serves on: `--worker-threads`, or one
+    /// worker per available core; a single worker gets the current-thread
+    /// scheduler.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let workers = self.worker_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        );
+        let mut builder = if workers == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        };
+        builder.enable_all().build()
+    }
+
     pub(crate) fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
     }
@@ -200,6 +233,12 @@ mod tests {
     }
 
     #[test]
+    fn zero_worker_threads_is_refused() {
+        let e = Config::try_parse_from(["starling", "--worker-threads", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--worker-threads"), "{e}");
+    }
+
+    #[test]
     fn flags_parse() {
         let c = Config::parse_from([
             "starling",
@@ -215,7 +254,13 @@ mod tests {
             "chat.=100",
             "--history-prefix",
             "metrics.=0",
+            "--worker-threads",
+            "1",
+            "--listen-backlog",
+            "512",
         ]);
+        assert_eq!(c.worker_threads, Some(1));
+        assert_eq!(c.listen_backlog, 512);
         assert_eq!(c.history, 10);
         assert_eq!(
             c.history_prefixes,

@@ -40,5 +40,5 @@ pub use delivery::Delivery;
 pub use history::HistoryPolicy;
 pub use metrics::{Metrics, Source};
 pub use registry::{DeliveryReceiver, TopicRegistry};
-pub use server::{RunningBroker, router, serve, start};
+pub use server::{RunningBroker, bind, router, serve, start};
 pub use stats::STATS_TOPIC;

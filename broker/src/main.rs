@@ -2,12 +2,14 @@
 
 use clap::Parser;
 use starling_broker::{Broker, Config, LogFormat};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
+    config.runtime()?.block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
@@ -15,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         LogFormat::Json => logs.json().init(),
     }
 
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = starling_broker::bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
     let broker = Broker::new(config);
     // The one line scripts and people look for.

@@ -16,7 +16,7 @@ use hyper::upgrade::Parts;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use starling_protocol::http::{ErrorBody, Health, PublishRequest};
 use starling_protocol::{Codec, ErrorCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -294,9 +294,25 @@ impl RunningBroker {
     }
 }
 
+/// Binds `addr` with a listen backlog of `backlog` connections (the kernel
+/// caps it at `net.core.somaxconn`), with `SO_REUSEADDR` so that a restarted
+/// broker can bind while old connections linger in `TIME_WAIT`.
+///
+/// Must be called within a tokio runtime.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Binds `config.listen` and serves in a background task.
 pub async fn start(config: Config) -> io::Result<RunningBroker> {
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
     let broker = Broker::new(config);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -419,5 +435,28 @@ async fn serve_http(
     };
     if let Err(error) = result {
         debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel completes handshakes into the backlog before the broker
+    /// accepts them; with the default of 128 that mio and std use, a burst
+    /// of 300 would leave the rest waiting for SYN retries.
+    #[tokio::test]
+    async fn bind_queues_a_burst_of_connections_beyond_128() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..300).map(|_| TcpStream::connect(addr));
+        // Nothing accepts: each connection completes from the backlog alone.
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::future::join_all(connects),
+        )
+        .await
+        .expect("every connection completes without an accept");
+        assert!(connected.iter().all(Result::is_ok));
     }
 }

@@ -1,7 +1,7 @@
 //! The `starling` binary: it prints its address, and on SIGTERM closes every
 //! client with 1001 and exits 0.
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -9,8 +9,21 @@ mod common;
 use common::WAIT;
 
 #[tokio::test]
-async fn sigterm_closes_clients_with_1001_and_exits_0() {
-    let (mut child, addr) = common::start("", "--node-id sig").await;
+async fn sigterm_closes_clients_with_1001_and_exits_0_on_one_worker() {
+    // One worker: the current-thread scheduler.
+    sigterm_closes_clients("--worker-threads 1").await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_0_on_two_workers() {
+    // Several workers: the work-stealing scheduler.
+    sigterm_closes_clients("--worker-threads 2").await;
+}
+
+/// Connects three clients, has each round-trip a message, sends SIGTERM,
+/// and checks that every client gets 1001 and the process exits 0.
+async fn sigterm_closes_clients(args: &str) {
+    let (mut child, addr) = common::start("", &format!("--node-id sig {args}")).await;
 
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -25,6 +38,22 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         assert!(welcome.to_text().unwrap().contains("\"welcome\""));
         clients.push(ws);
     }
+
+    // The broker works on this runtime: a message goes from one client to another.
+    let send = |text: &str| Message::text(text.to_owned());
+    clients[0]
+        .send(send(r#"{"type":"subscribe","id":1,"topic":"sig.t"}"#))
+        .await
+        .unwrap();
+    next_text(&mut clients[0], "\"ack\"").await;
+    clients[1]
+        .send(send(
+            r#"{"type":"publish","id":2,"topic":"sig.t","payload":7}"#,
+        ))
+        .await
+        .unwrap();
+    let message = next_text(&mut clients[0], "\"message\"").await;
+    assert!(message.contains(r#""payload":7"#), "{message}");
 
     let pid = child.id().expect("running").to_string();
     let status = std::process::Command::new("kill")
@@ -50,4 +79,18 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         .expect("exit in time")
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// The next text frame that contains `needle`, skipping others.
+async fn next_text<S>(ws: &mut S, needle: &str) -> String
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let frame = timeout(WAIT, ws.next()).await.expect("a frame in time");
+        let text = frame.expect("open").expect("a frame").into_text().unwrap();
+        if text.contains(needle) {
+            return text.to_string();
+        }
+    }
 }
