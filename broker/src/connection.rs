@@ -769,12 +769,24 @@ impl Connection {
         tokio::pin!(shutdown);
         let timer = tokio::time::sleep_until(self.session.next_deadline());
         tokio::pin!(timer);
+        // The waker the shutdown signal and the timer were last polled with.
+        // They keep it, so they are polled again only when the task's waker
+        // changes (a spawned task's never does) or the timer has fired:
+        // polling the shutdown signal locks a mutex every connection shares.
+        let mut registered: Option<Waker> = None;
         poll_fn(|cx| {
-            // Checked after registering, so a shutdown begun before is seen.
-            if shutdown.as_mut().poll(cx).is_ready() || broker.is_shutting_down() {
+            let new_waker = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if new_waker {
+                registered = Some(cx.waker().clone());
+            }
+            // The flag is checked after registering, so a shutdown begun
+            // before is seen.
+            if (new_waker && shutdown.as_mut().poll(cx).is_ready()) || broker.is_shutting_down() {
                 return Poll::Ready(Exit::close(CloseCode::GoingAway, "broker shutting down"));
             }
-            while timer.as_mut().poll(cx).is_ready() {
+            // After a reset the timer is polled again, which registers it.
+            let poll_timer = new_waker || timer.is_elapsed();
+            while poll_timer && timer.as_mut().poll(cx).is_ready() {
                 if let Some(exit) = self.session.on_timer() {
                     return Poll::Ready(exit);
                 }
