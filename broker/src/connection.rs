@@ -669,6 +669,16 @@ fn poll_read(
     }
 }
 
+/// Handles every complete frame in the reader's buffer; `Some` when the
+/// connection must end.
+fn parse_input(reader: &mut FrameReader, session: &mut Session, hard_limit: usize) -> Option<Exit> {
+    match reader.parse(hard_limit, |event| session.on_event(event)) {
+        Ok(ControlFlow::Continue(())) => None,
+        Ok(ControlFlow::Break(exit)) => Some(exit),
+        Err(violation) => Some(Exit::close(violation.code, violation.reason)),
+    }
+}
+
 impl Connection {
     /// Reads, delivers and writes, in turns, until nothing is ready (or the
     /// turns run out, and the task yields); ready with why it must end.
@@ -693,12 +703,8 @@ impl Connection {
                         progress = true;
                         session.broker.metrics().bytes_in.inc_by(n as u64);
                         session.last_seen = Instant::now();
-                        match reader.parse(tuning.hard_limit, |event| session.on_event(event)) {
-                            Ok(ControlFlow::Continue(())) => {}
-                            Ok(ControlFlow::Break(exit)) => return Poll::Ready(exit),
-                            Err(violation) => {
-                                return Poll::Ready(Exit::close(violation.code, violation.reason));
-                            }
+                        if let Some(exit) = parse_input(reader, session, tuning.hard_limit) {
+                            return Poll::Ready(exit);
                         }
                     }
                     Poll::Ready(Err(error)) => {
@@ -764,6 +770,12 @@ impl Connection {
 
     /// Serves the connection until it must end; returns why.
     async fn run(&mut self, tuning: Tuning) -> Exit {
+        // Frames the client sent right behind its upgrade request.
+        if !self.reader.buffer().is_empty()
+            && let Some(exit) = parse_input(&mut self.reader, &mut self.session, tuning.hard_limit)
+        {
+            return exit;
+        }
         let broker = self.session.broker.clone();
         let shutdown = broker.shutdown_notified();
         tokio::pin!(shutdown);

@@ -17,6 +17,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod accept;
 mod broker;
 mod cluster;
 mod config;

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
+use crate::accept::{self, Prefixed};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::{ConnCtx, run_connection};
@@ -87,25 +88,33 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
-/// `GET /ws`: the WebSocket handshake, with the codec chosen from
-/// `Sec-WebSocket-Protocol`.
-async fn upgrade(
-    State(broker): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
-    let headers = request.headers();
-    let is_upgrade = request.method() == Method::GET
+/// A WebSocket handshake that passed its checks.
+pub(crate) struct Handshake {
+    /// The connection's codec.
+    pub(crate) codec: Codec,
+    /// Whether the client offered a subprotocol (then it is echoed).
+    pub(crate) echo: bool,
+    /// The `Sec-WebSocket-Accept` value.
+    pub(crate) accept: String,
+}
+
+/// Checks a WebSocket upgrade request to `/ws`: method, upgrade headers,
+/// version, key and subprotocol; the error is the answer to send.
+pub(crate) fn check_upgrade(
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Handshake, Box<Response>> {
+    let is_upgrade = method == Method::GET
         && header_has_token(headers, header::CONNECTION, "upgrade")
         && header_has_token(headers, header::UPGRADE, "websocket");
     if !is_upgrade {
-        return error_response(
+        return Err(Box::new(error_response(
             StatusCode::BAD_REQUEST,
             ErrorBody::other(
                 "not_websocket",
                 "/ws takes WebSocket upgrades only (GET with Upgrade: websocket)",
             ),
-        );
+        )));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -120,27 +129,48 @@ async fn upgrade(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return response;
+        return Err(Box::new(response));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return error_response(
+        return Err(Box::new(error_response(
             StatusCode::BAD_REQUEST,
             ErrorBody::other("not_websocket", "missing Sec-WebSocket-Key"),
-        );
+        )));
     };
     let accept = derive_accept_key(key.as_bytes());
     let offers = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let (codec, echo) = match Codec::negotiate(offers) {
-        Ok(chosen) => chosen,
-        Err(error) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                ErrorBody::other("unsupported_subprotocol", error.to_string()),
-            );
-        }
+    match Codec::negotiate(offers) {
+        Ok((codec, echo)) => Ok(Handshake {
+            codec,
+            echo,
+            accept,
+        }),
+        Err(error) => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::other("unsupported_subprotocol", error.to_string()),
+        ))),
+    }
+}
+
+/// `GET /ws`: the WebSocket handshake, with the codec chosen from
+/// `Sec-WebSocket-Protocol`. Most upgrades are completed before hyper
+/// sees them (`accept.rs`); this handler answers the rest: refusals, and
+/// upgrades that follow another request on a kept-alive connection.
+async fn upgrade(
+    State(broker): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let Handshake {
+        codec,
+        echo,
+        accept,
+    } = match check_upgrade(request.method(), request.headers()) {
+        Ok(handshake) => handshake,
+        Err(refusal) => return *refusal,
     };
     let Some(admission) = broker.try_admit() else {
         broker.metrics().connections_refused.inc();
@@ -168,9 +198,15 @@ async fn upgrade(
             }
         };
         // The bare socket, and whatever the client sent after its request.
-        let Ok(Parts { io, read_buf, .. }) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(Parts { io, read_buf, .. }) = upgraded.downcast::<TokioIo<Prefixed>>() else {
             warn!(%peer, "upgraded connection is not a TCP stream");
             return;
+        };
+        let (tcp, unread) = io.into_inner().into_parts();
+        let early = if unread.is_empty() {
+            read_buf
+        } else {
+            [&read_buf[..], &unread[..]].concat().into()
         };
         let ctx = ConnCtx {
             broker,
@@ -179,7 +215,7 @@ async fn upgrade(
             peer,
         };
         // A task of its own, holding only what the connection needs.
-        tokio::spawn(run_connection(io.into_inner(), read_buf, ctx));
+        tokio::spawn(run_connection(tcp, early, ctx));
     });
 
     let mut response = Response::new(Body::empty());
@@ -363,7 +399,13 @@ pub async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        tokio::spawn(serve_http(tcp, peer, app.clone(), http_stop.subscribe()));
+        tokio::spawn(serve_tcp(
+            tcp,
+            peer,
+            app.clone(),
+            broker.clone(),
+            http_stop.subscribe(),
+        ));
     }
     info!("shutting down");
     broker.begin_shutdown();
@@ -401,11 +443,53 @@ async fn on_accept_error(error: &io::Error) {
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
-/// Serves HTTP/1 on one TCP connection until it closes or is upgraded.
+/// Serves one accepted connection: a WebSocket upgrade as its first
+/// request is completed at once (`accept.rs`); anything else is served by
+/// hyper. A connection that does not send a request head in time is closed.
+async fn serve_tcp(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    broker: Broker,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let read = tokio::select! {
+        read = tokio::time::timeout(HEADER_READ_TIMEOUT, accept::read_head(&tcp)) => read,
+        () = stop_requested(&mut shutdown) => return,
+    };
+    let head = match read {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "connection ended before its request");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no request in time; closing");
+            return;
+        }
+    };
+    let (tcp, head) = match accept::fast_upgrade(&head) {
+        Some(upgrade) => match accept::complete(tcp, head, upgrade, peer, broker).await {
+            None => return,
+            Some(refused) => refused,
+        },
+        None => (tcp, head),
+    };
+    // Boxed: this task's state stays small for the upgrades above.
+    Box::pin(serve_http(Prefixed::new(tcp, head), peer, app, shutdown)).await;
+}
+
+/// Completes once the broker asks HTTP connections to finish.
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    // The guard it returns must not live across an await.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Serves HTTP/1 on one connection until it closes or is upgraded.
 /// When the broker shuts down, a request in progress is finished and the
 /// connection is then closed.
 async fn serve_http(
-    tcp: TcpStream,
+    io: Prefixed,
     peer: SocketAddr,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -419,16 +503,12 @@ async fn serve_http(
         // A client that opens a connection and sends no request is dropped.
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let stopping = async {
-        // The guard it returns must not live across the await below.
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = stopping => {
+        () = stop_requested(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

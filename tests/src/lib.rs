@@ -552,41 +552,72 @@ impl RawWs {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (RawHttpAnswer, RawWs) {
-        use tokio::io::AsyncWriteExt;
+        let mut raw = RawWs::open(addr).await;
+        raw.write_raw(RawWs::request_head(addr, method, path, headers).as_bytes())
+            .await;
+        let answer = raw.read_answer().await;
+        (answer, raw)
+    }
+
+    /// A TCP connection to `addr` with nothing sent yet.
+    pub async fn open(addr: std::net::SocketAddr) -> RawWs {
         let tcp = within("tcp connect", TcpStream::connect(addr))
             .await
             .expect("tcp connect");
-        let mut raw = RawWs {
+        RawWs {
             tcp,
             buffer: Vec::new(),
-        };
+        }
+    }
+
+    /// The head of an HTTP/1.1 request: `method path`, `Host`, then exactly
+    /// `headers`.
+    pub fn request_head(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> String {
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        within("send request", raw.tcp.write_all(request.as_bytes()))
+        request
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        within("write", self.tcp.write_all(bytes))
             .await
-            .expect("send request");
-        let answer = raw.read_http_answer().await;
-        (answer, raw)
+            .expect("write");
     }
 
     /// Connects with a hand-made handshake (no subprotocol: JSON), expects
     /// 101 and reads the `welcome` frame.
     pub async fn connect(addr: std::net::SocketAddr) -> RawWs {
-        let (answer, mut raw) = RawWs::handshake(addr, None).await;
+        let mut raw = RawWs::open(addr).await;
+        raw.write_raw(RawWs::request_head(addr, "GET", "/ws", &RawWs::UPGRADE_HEADERS).as_bytes())
+            .await;
+        raw.expect_upgraded().await;
+        raw
+    }
+
+    /// Reads the answer to an upgrade request with [`RawWs::UPGRADE_HEADERS`]:
+    /// a 101 with the right accept key, then the `welcome` frame.
+    pub async fn expect_upgraded(&mut self) {
+        let answer = self.read_answer().await;
         assert_eq!(answer.status, 101, "{answer:?}");
         assert_eq!(
             answer.header("sec-websocket-accept"),
             Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             "{answer:?}"
         );
-        let welcome = raw.read_frame().await.expect("welcome frame");
+        let welcome = self.read_frame().await.expect("welcome frame");
         assert_eq!(welcome.opcode(), 1, "{welcome:?}");
         let text = String::from_utf8(welcome.payload).expect("utf-8 welcome");
         assert!(text.contains(r#""type":"welcome""#), "{text}");
-        raw
     }
 
     async fn fill(&mut self) -> bool {
@@ -599,7 +630,8 @@ impl RawWs {
         n > 0
     }
 
-    async fn read_http_answer(&mut self) -> RawHttpAnswer {
+    /// Reads an HTTP answer's head, and its body unless it is 101.
+    pub async fn read_answer(&mut self) -> RawHttpAnswer {
         let end = loop {
             if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i;
@@ -644,7 +676,12 @@ impl RawWs {
     /// Writes one frame: `head` is the first byte (FIN, RSV1-3, opcode),
     /// masked with a fixed key when `masked`.
     pub async fn send_frame(&mut self, head: u8, payload: &[u8], masked: bool) {
-        use tokio::io::AsyncWriteExt;
+        let frame = RawWs::frame(head, payload, masked);
+        self.write_raw(&frame).await;
+    }
+
+    /// The bytes of one frame, as [`RawWs::send_frame`] writes it.
+    pub fn frame(head: u8, payload: &[u8], masked: bool) -> Vec<u8> {
         let mask_bit = if masked { 0x80 } else { 0 };
         let mut frame = vec![head];
         match payload.len() {
@@ -665,9 +702,7 @@ impl RawWs {
         } else {
             frame.extend_from_slice(payload);
         }
-        within("send frame", self.tcp.write_all(&frame))
-            .await
-            .expect("send frame");
+        frame
     }
 
     /// Reads the next frame from the broker; `None` when the connection ended.
