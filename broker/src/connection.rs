@@ -528,36 +528,35 @@ impl Session {
         }
         let mut budget = DRAIN_BUDGET;
         let mut missed_total = 0;
-        while budget > 0 && out.queued() < bound {
-            let taken = sub.rx.drain(budget.min(DRAIN_CHUNK), |item| match item {
-                Ok(delivery) => {
-                    if let Some(wire) = delivery.wire(codec) {
-                        out.buf.extend_from_slice(wire);
-                        out.delivered += 1;
-                    }
-                }
-                // Reported first, before what comes after the gap.
-                Err(Missed::Lagged(missed)) => {
-                    missed_total += missed;
-                    let lagged = Envelope::Lagged {
-                        topic: sub.filter.clone(),
-                        missed,
-                    };
-                    if let Ok(frame) = codec.encode(&lagged) {
-                        write_protocol_frame(&mut out.buf, &frame);
-                    }
-                }
-            });
-            if taken == 0 {
-                break;
-            }
+        // Until the subscription has nothing left (its waker is then
+        // registered, under the same lock), or the budget or the room runs out.
+        let mut ready = true;
+        while ready && budget > 0 && out.queued() < bound {
+            let (taken, more) =
+                sub.rx
+                    .drain_then_poll(budget.min(DRAIN_CHUNK), &sub.waker, |item| match item {
+                        Ok(delivery) => {
+                            if let Some(wire) = delivery.wire(codec) {
+                                out.buf.extend_from_slice(wire);
+                                out.delivered += 1;
+                            }
+                        }
+                        // Reported first, before what comes after the gap.
+                        Err(Missed::Lagged(missed)) => {
+                            missed_total += missed;
+                            let lagged = Envelope::Lagged {
+                                topic: sub.filter.clone(),
+                                missed,
+                            };
+                            if let Ok(frame) = codec.encode(&lagged) {
+                                write_protocol_frame(&mut out.buf, &frame);
+                            }
+                        }
+                    });
             budget = budget.saturating_sub(taken);
+            ready = more.is_ready();
         }
-        if sub
-            .rx
-            .poll_ready(&mut Context::from_waker(&sub.waker))
-            .is_ready()
-        {
+        if ready {
             self.subs.ready.push_back(slot);
         }
         if missed_total > 0 {

@@ -64,6 +64,11 @@ pub struct Sender<T> {
 /// One subscription's position in the ring.
 pub struct Receiver<T> {
     shared: Arc<Mutex<Inner<T>>>,
+    at: Position,
+}
+
+/// Where a receiver is, apart from the ring it reads.
+struct Position {
     id: u64,
     next: u64,
     /// The tail at which this receiver's waker was queued, while it is queued.
@@ -106,7 +111,7 @@ impl<T> std::fmt::Debug for Sender<T> {
 impl<T> std::fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Receiver")
-            .field("next", &self.next)
+            .field("next", &self.at.next)
             .finish()
     }
 }
@@ -118,10 +123,12 @@ impl<T: Clone> Sender<T> {
         inner.receivers += 1;
         inner.next_receiver_id += 1;
         Receiver {
-            id: inner.next_receiver_id,
-            next: inner.tail(),
+            at: Position {
+                id: inner.next_receiver_id,
+                next: inner.tail(),
+                waiting_at: None,
+            },
             shared: self.shared.clone(),
-            waiting_at: None,
         }
     }
 
@@ -154,12 +161,13 @@ impl<T: Clone> Sender<T> {
     }
 }
 
-impl<T: Clone> Receiver<T> {
-    /// Hands every message that is ready (up to `max`) to `each`, in order,
-    /// after reporting what was missed, if anything; all under one lock.
-    /// Returns how many messages were handed over.
-    pub fn drain(&mut self, max: usize, mut each: impl FnMut(Result<&T, Missed>)) -> usize {
-        let mut inner = lock(&self.shared);
+impl Position {
+    fn take<T>(
+        &mut self,
+        inner: &mut Inner<T>,
+        max: usize,
+        mut each: impl FnMut(Result<&T, Missed>),
+    ) -> usize {
         if self.next < inner.head {
             each(Err(Missed::Lagged(inner.head - self.next)));
             self.next = inner.head;
@@ -179,10 +187,7 @@ impl<T: Clone> Receiver<T> {
         taken
     }
 
-    /// Whether a message (or a lag notice) is ready; otherwise registers
-    /// `cx`'s waker for the next send.
-    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut inner = lock(&self.shared);
+    fn ready_or_wait<T>(&mut self, inner: &mut Inner<T>, waker: &Waker) -> Poll<()> {
         if self.next < inner.tail() || self.next < inner.head {
             // Any queued waker was for an earlier tail and has been taken.
             self.waiting_at = None;
@@ -197,10 +202,41 @@ impl<T: Clone> Receiver<T> {
                 let more = inner.waiting.len().max(1);
                 inner.waiting.reserve_exact(more);
             }
-            inner.waiting.push((self.id, cx.waker().clone()));
+            inner.waiting.push((self.id, waker.clone()));
             self.waiting_at = Some(tail);
         }
         Poll::Pending
+    }
+}
+
+impl<T: Clone> Receiver<T> {
+    /// Hands every message that is ready (up to `max`) to `each`, in order,
+    /// after reporting what was missed, if anything; all under one lock.
+    /// Returns how many messages were handed over.
+    pub fn drain(&mut self, max: usize, each: impl FnMut(Result<&T, Missed>)) -> usize {
+        let mut inner = lock(&self.shared);
+        self.at.take(&mut inner, max, each)
+    }
+
+    /// [`Receiver::drain`], then, under the same lock, whether more is
+    /// ready; when nothing is, `waker` is registered for the next send, as
+    /// [`Receiver::poll_ready`] does. One lock for a subscriber's turn.
+    pub fn drain_then_poll(
+        &mut self,
+        max: usize,
+        waker: &Waker,
+        each: impl FnMut(Result<&T, Missed>),
+    ) -> (usize, Poll<()>) {
+        let mut inner = lock(&self.shared);
+        let taken = self.at.take(&mut inner, max, each);
+        (taken, self.at.ready_or_wait(&mut inner, waker))
+    }
+
+    /// Whether a message (or a lag notice) is ready; otherwise registers
+    /// `cx`'s waker for the next send.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = lock(&self.shared);
+        self.at.ready_or_wait(&mut inner, cx.waker())
     }
 
     /// Waits until a message (or a lag notice) is ready.
@@ -213,14 +249,14 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut inner = lock(&self.shared);
         inner.receivers -= 1;
-        if self.waiting_at == Some(inner.tail()) {
+        if self.at.waiting_at == Some(inner.tail()) {
             // Still queued: leave, so subscribe/unsubscribe churn on a quiet
             // topic cannot pile up wakers.
-            let id = self.id;
+            let id = self.at.id;
             inner.waiting.retain(|(waiter, _)| *waiter != id);
         }
         // Messages this receiver was counted for but never took.
-        let from = self.next.max(inner.head);
+        let from = self.at.next.max(inner.head);
         for seq in from..inner.tail() {
             let index = (seq - inner.head) as usize;
             let slot = &mut inner.slots[index];
@@ -313,6 +349,41 @@ mod tests {
         assert!(waiting.poll_ready(&mut cx).is_pending());
         assert!(waiting.poll_ready(&mut cx).is_pending());
         assert_eq!(lock(&tx.shared).waiting.len(), 1, "queued once per tail");
+    }
+
+    #[test]
+    fn drain_then_poll_waits_only_once_it_has_taken_everything() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let tx = channel::<u32>(8);
+        let mut rx = tx.subscribe();
+        for n in 0..3 {
+            tx.send(n);
+        }
+        let mut got = Vec::new();
+        // Part of what is there: still ready, nothing registered.
+        let (taken, more) = rx.drain_then_poll(2, &waker, |m| got.push(m.copied()));
+        assert_eq!((taken, more), (2, Poll::Ready(())));
+        assert_eq!(lock(&tx.shared).waiting.len(), 0);
+        // The rest: now waiting, and the next send wakes it once.
+        let (taken, more) = rx.drain_then_poll(2, &waker, |m| got.push(m.copied()));
+        assert_eq!((taken, more), (1, Poll::Pending));
+        assert_eq!(got, vec![Ok(0), Ok(1), Ok(2)]);
+        tx.send(3);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // A lag notice counts as ready, like a message.
+        for n in 4..20 {
+            tx.send(n);
+        }
+        let (_, more) = rx.drain_then_poll(1, &waker, |_| {});
+        assert!(more.is_ready());
     }
 
     #[tokio::test]
