@@ -36,9 +36,10 @@ const HEAD_INITIAL: usize = 1024;
 /// Most header lines parsed here; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
 
-/// Reads until the first request's head is complete, [`HEAD_MAX`] bytes
-/// are in, or the peer stops sending. Returns the bytes read, which may
-/// also hold what the client sent after the head.
+/// Reads until the first request's head is complete (or cannot be a
+/// request head: hyper answers that at once), [`HEAD_MAX`] bytes are in, or
+/// the peer stops sending. Returns the bytes read, which may also hold what
+/// the client sent after the head.
 pub(crate) async fn read_head(tcp: &TcpStream) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(HEAD_INITIAL);
     loop {
@@ -46,7 +47,7 @@ pub(crate) async fn read_head(tcp: &TcpStream) -> io::Result<Vec<u8>> {
         match tcp.try_read_buf(&mut buf) {
             Ok(0) => return Ok(buf),
             Ok(_) => {
-                if buf.len() >= HEAD_MAX || head_len(&buf).is_some() {
+                if buf.len() >= HEAD_MAX || !head_partial(&buf) {
                     return Ok(buf);
                 }
                 if buf.len() == buf.capacity() {
@@ -59,14 +60,13 @@ pub(crate) async fn read_head(tcp: &TcpStream) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The length of the request head at the start of `buf`, once complete.
-fn head_len(buf: &[u8]) -> Option<usize> {
+/// Whether `buf` is the start of a request head that is not complete yet.
+fn head_partial(buf: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Complete(len)) => Some(len),
-        // Partial, or something hyper will refuse in its own words.
-        _ => None,
-    }
+    matches!(
+        httparse::Request::new(&mut headers).parse(buf),
+        Ok(httparse::Status::Partial)
+    )
 }
 
 /// An upgrade this module completes itself: what was checked, and where

@@ -87,3 +87,14 @@ async fn an_upgrade_sent_a_byte_at_a_time_is_served() {
     upgrade_and_subscribe(&broker, &mut raw, &head, "hs.slow", true).await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn bytes_that_are_not_a_request_get_400_at_once() {
+    let broker = TestBroker::start().await;
+    let mut raw = RawWs::open(broker.addr()).await;
+    // Not a request line; no blank line after it either.
+    raw.write_raw(b"\x16\x03\x01 hello\r\n").await;
+    let answer = raw.read_answer().await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    broker.stop().await;
+}
