@@ -270,11 +270,7 @@ mod tests {
     #[tokio::test]
     async fn prefixed_reads_the_prefix_then_the_stream() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server, _) = crate::test_support::tcp_pair().await;
         client.write_all(b" world").await.unwrap();
         drop(client);
         let mut prefixed = Prefixed::new(server, b"hello".to_vec());
@@ -289,11 +285,7 @@ mod tests {
     #[tokio::test]
     async fn unread_prefix_is_handed_back() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (_client, server, _) = crate::test_support::tcp_pair().await;
         let mut prefixed = Prefixed::new(server, b"abcdef".to_vec());
         let mut two = [0u8; 2];
         prefixed.read_exact(&mut two).await.unwrap();

@@ -937,11 +937,7 @@ mod tests {
     #[tokio::test]
     async fn connection_task_state_stays_small() {
         // Every idle connection carries its task's state: keep it small.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, peer) = listener.accept().await.unwrap();
+        let (_client, server, peer) = crate::test_support::tcp_pair().await;
         let broker = Broker::new(Config::ephemeral());
         let ctx = ConnCtx {
             admission: broker.try_admit().unwrap(),

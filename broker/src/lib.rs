@@ -43,3 +43,21 @@ pub use metrics::{Metrics, Source};
 pub use registry::{DeliveryReceiver, TopicRegistry};
 pub use server::{RunningBroker, bind, router, serve, start};
 pub use stats::STATS_TOPIC;
+
+/// Helpers for the unit tests.
+#[cfg(test)]
+mod test_support {
+    use std::net::SocketAddr;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected loopback pair: (client, server side, client's address).
+    pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        (client, server, peer)
+    }
+}
