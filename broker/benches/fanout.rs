@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use starling_broker::{Delivery, Metrics, TopicRegistry};
+use starling_broker::internals::{Delivery, Fanout};
 use starling_protocol::{Codec, Filter, Payload, Topic};
 
 fn fanout(c: &mut Criterion) {
@@ -18,7 +18,7 @@ fn fanout(c: &mut Criterion) {
     let origin: Arc<str> = "bench".into();
     let mut group = c.benchmark_group("fanout");
     for subscribers in [1usize, 100, 10_000] {
-        let registry = TopicRegistry::new(16, Arc::new(Metrics::new()));
+        let registry = Fanout::new(16);
         let mut receivers: Vec<_> = (0..subscribers)
             .map(|_| registry.subscribe(&filter))
             .collect();

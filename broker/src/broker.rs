@@ -1,21 +1,21 @@
 //! The shared state of one broker node.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use starling_protocol::{ErrorCode, Limits, Payload, Topic};
+use starling_protocol::{ErrorCode, Filter, Limits, Payload, Topic};
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
-use crate::delivery::Delivery;
 use crate::history::{HistoryPolicy, HistoryStore, Replay};
 use crate::metrics::{Metrics, Source};
-use crate::registry::DeliveryReceiver;
-use crate::registry::TopicRegistry;
+use crate::registry::{DeliveryReceiver, TopicRegistry};
+use crate::relay::memory::MemoryRelay;
+use crate::relay::redis::RedisRelay;
+use crate::relay::{ClusterError, LinkState, Published, Relay};
 
 /// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,18 +34,9 @@ impl PublishError {
     }
 }
 
-/// What a successful publish returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// The offset the message got, when its topic keeps history.
-    pub offset: Option<u64>,
-    /// How many local subscriptions it reached.
-    pub subscribers: usize,
-}
-
 /// A connection's id, unique within a node's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(pub u64);
+pub(crate) struct ConnId(pub(crate) u64);
 
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,15 +49,14 @@ struct Shared {
     node_id: Arc<str>,
     config: Config,
     limits: Limits,
-    registry: TopicRegistry,
-    history: HistoryStore,
+    registry: Arc<TopicRegistry>,
+    relay: Box<dyn Relay>,
     metrics: Arc<Metrics>,
     /// Wakes the connection tasks when shutdown begins.
     shutdown_notify: Notify,
     shutting_down: AtomicBool,
     connection_slots: Arc<Semaphore>,
     next_conn_id: AtomicU64,
-    cluster: OnceLock<Cluster>,
 }
 
 /// One broker node: its topics, its connections' limits and its metrics.
@@ -77,37 +67,57 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with this configuration.
-    pub fn new(config: Config) -> Self {
+    /// A broker with this configuration. Fails only when the Redis URL of a
+    /// cluster does not parse; Redis itself is not contacted until the
+    /// broker serves.
+    pub fn new(config: Config) -> Result<Self, ClusterError> {
         let metrics = Arc::new(Metrics::new());
         let node_id: Arc<str> = match &config.node_id {
             Some(id) => id.as_str().into(),
             None => generate_node_id().into(),
         };
-        let registry = TopicRegistry::new(config.subscriber_buffer, metrics.clone());
-        let mut policy = HistoryPolicy::new(config.history, &config.history_prefixes);
-        if config.redis_url.is_some() && policy.is_enabled() {
-            // Offsets must agree on every node; that needs history kept in
-            // the cluster, which nodes do not do yet.
-            tracing::warn!("topic history is not available in a cluster yet; --history is ignored");
-            policy = HistoryPolicy::default();
-        }
-        let history = HistoryStore::new(policy, config.history_topics);
-        Broker {
+        let registry = Arc::new(TopicRegistry::new(
+            config.subscriber_buffer,
+            metrics.clone(),
+        ));
+        let relay: Box<dyn Relay> = match &config.redis_url {
+            Some(url) => {
+                if HistoryPolicy::new(config.history, &config.history_prefixes).is_enabled() {
+                    // Offsets must agree on every node; that needs history
+                    // kept in the cluster, which the Redis relay does not do.
+                    tracing::warn!(
+                        "topic history is not available in a cluster yet; --history is ignored"
+                    );
+                }
+                Box::new(RedisRelay::new(
+                    url,
+                    &config.redis_prefix,
+                    config.redis_sharded,
+                    registry.clone(),
+                    metrics.clone(),
+                    node_id.clone(),
+                )?)
+            }
+            None => {
+                let policy = HistoryPolicy::new(config.history, &config.history_prefixes);
+                let history = HistoryStore::new(policy, config.history_topics);
+                Box::new(MemoryRelay::new(registry.clone(), history, node_id.clone()))
+            }
+        };
+        Ok(Broker {
             shared: Arc::new(Shared {
                 node_id,
                 limits: config.limits(),
                 registry,
-                history,
+                relay,
                 metrics,
                 shutdown_notify: Notify::new(),
                 shutting_down: AtomicBool::new(false),
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 next_conn_id: AtomicU64::new(1),
-                cluster: OnceLock::new(),
                 config,
             }),
-        }
+        })
     }
 
     /// This node's id.
@@ -125,7 +135,7 @@ impl Broker {
         &self.shared.limits
     }
 
-    /// The topic registry.
+    /// The topics and patterns with subscribers on this node.
     pub fn registry(&self) -> &TopicRegistry {
         &self.shared.registry
     }
@@ -157,88 +167,46 @@ impl Broker {
         source: Source,
     ) -> Published {
         self.shared.metrics.published(source);
-        if let Some(history) = self.shared.history.for_publish(&topic) {
-            // Offset, history and live delivery under the topic's lock: a
-            // subscriber with `since` gets each message exactly once.
-            let mut history = HistoryStore::lock(&history);
-            let offset = history.next_offset();
-            let delivery = Arc::new(Delivery::new(
-                topic,
-                payload,
-                Some(offset),
-                self.shared.node_id.clone(),
-            ));
-            history.push(delivery.clone());
-            let subscribers = self.shared.registry.publish_shared(delivery);
-            return Published {
-                offset: Some(offset),
-                subscribers,
-            };
-        }
-        let delivery = Delivery::new(topic, payload, None, self.shared.node_id.clone());
-        if let Some(cluster) = self.shared.cluster.get()
-            && !delivery.topic.is_reserved()
-        {
-            cluster.relay(self, &delivery);
-        }
-        let subscribers = self.shared.registry.publish(delivery);
-        Published {
-            offset: None,
-            subscribers,
-        }
+        self.shared.relay.publish(topic, payload)
     }
 
-    /// Subscribes to `filter`; with `since` on a topic that keeps history,
-    /// also returns how many messages after `since` are gone and the retained
-    /// ones to replay, taken together with the live receiver so that nothing
-    /// is missed or repeated between them.
+    /// Subscribes to `filter` (which becomes the registry's shared copy);
+    /// with `since` on a topic that keeps history, also returns how many
+    /// messages after `since` are gone and the retained ones to replay,
+    /// taken together with the live receiver so that nothing is missed or
+    /// repeated between them.
     pub(crate) fn subscribe(
         &self,
-        filter: &mut starling_protocol::Filter,
+        filter: &mut Filter,
         since: Option<u64>,
     ) -> (DeliveryReceiver, Option<Replay>) {
-        if let (Some(since), Some(topic)) = (since, filter.as_topic())
-            && let Some(history) = self.shared.history.get(&topic)
-        {
-            let history = HistoryStore::lock(&history);
-            let rx = self.shared.registry.subscribe_shared(filter);
-            return (rx, Some(history.replay(since)));
-        }
-        (self.shared.registry.subscribe_shared(filter), None)
+        self.shared.relay.subscribe(filter, since)
     }
 
-    /// Joins the cluster configured with `--redis-url`, if any. Does not wait
-    /// for Redis: the link comes up (and back) by itself.
-    pub(crate) fn join_cluster(&self) -> Result<(), ClusterError> {
-        let Some(url) = &self.shared.config.redis_url else {
-            return Ok(());
-        };
-        let (interest, interest_rx) = tokio::sync::mpsc::unbounded_channel();
-        let config = &self.shared.config;
-        let cluster = Cluster::start(
-            self,
-            url,
-            &config.redis_prefix,
-            config.redis_sharded,
-            interest_rx,
-        )?;
-        if self.shared.cluster.set(cluster).is_ok() {
-            self.shared.registry.report_interest(interest);
-        }
-        Ok(())
+    /// Removes one subscriber of `filter`.
+    pub(crate) fn unsubscribe(&self, filter: &Filter) {
+        self.shared.registry.unsubscribe(filter);
     }
 
-    /// Stops relaying to the cluster.
-    pub(crate) fn leave_cluster(&self) {
-        if let Some(cluster) = self.shared.cluster.get() {
-            cluster.stop();
-        }
+    /// Starts the relay (for a cluster: the Redis link, which comes up and
+    /// back by itself).
+    pub(crate) fn start_relay(&self) {
+        self.shared.relay.start();
+    }
+
+    /// Stops relaying to the other nodes.
+    pub(crate) fn stop_relay(&self) {
+        self.shared.relay.stop();
     }
 
     /// The state of the cluster link: `None` for a single node, otherwise
     /// whether Redis is reachable.
     pub fn cluster_up(&self) -> Option<bool> {
-        self.shared.cluster.get().map(Cluster::is_up)
+        match self.shared.relay.state() {
+            LinkState::Local => None,
+            LinkState::Up => Some(true),
+            LinkState::Down => Some(false),
+        }
     }
 
     /// Tells every connection to close with 1001 and refuses new ones.

@@ -15,15 +15,15 @@ use crate::ws::{self, Kind};
 #[derive(Debug)]
 pub struct Delivery {
     /// The concrete topic it was published to.
-    pub topic: Topic,
+    pub(crate) topic: Topic,
     /// The payload, as published.
-    pub payload: Payload,
+    pub(crate) payload: Payload,
     /// Its offset, when the topic keeps history.
-    pub offset: Option<u64>,
+    pub(crate) offset: Option<u64>,
     /// The pattern it matched, for deliveries through a pattern subscription.
-    pub sub: Option<Filter>,
+    pub(crate) sub: Option<Filter>,
     /// The node it was published on.
-    pub origin: Arc<str>,
+    pub(crate) origin: Arc<str>,
     encoded: [OnceLock<Option<Box<[u8]>>>; 2],
 }
 
@@ -41,7 +41,7 @@ impl Delivery {
     }
 
     /// The same message, as delivered through the pattern subscription `sub`.
-    pub fn through_pattern(&self, sub: Filter) -> Self {
+    pub(crate) fn through_pattern(&self, sub: Filter) -> Self {
         Delivery {
             topic: self.topic.clone(),
             payload: self.payload.clone(),

@@ -19,7 +19,7 @@ use crate::delivery::Delivery;
 
 /// How many messages each topic keeps: a default and per-prefix refinements.
 #[derive(Debug, Clone, Default)]
-pub struct HistoryPolicy {
+pub(crate) struct HistoryPolicy {
     default: usize,
     /// (prefix, length), longest prefix first.
     prefixes: Vec<(String, usize)>,
@@ -28,14 +28,14 @@ pub struct HistoryPolicy {
 impl HistoryPolicy {
     /// Keep `default` messages per topic, refined by `PREFIX=N` rules (the
     /// longest matching prefix wins).
-    pub fn new(default: usize, rules: &[(String, usize)]) -> Self {
+    pub(crate) fn new(default: usize, rules: &[(String, usize)]) -> Self {
         let mut prefixes = rules.to_vec();
         prefixes.sort_by_key(|rule| std::cmp::Reverse(rule.0.len()));
         HistoryPolicy { default, prefixes }
     }
 
     /// How many messages `topic` keeps (0: none). Broker topics keep none.
-    pub fn length(&self, topic: &Topic) -> usize {
+    pub(crate) fn length(&self, topic: &Topic) -> usize {
         if topic.is_reserved() {
             return 0;
         }
@@ -46,7 +46,7 @@ impl HistoryPolicy {
     }
 
     /// Whether any topic keeps history.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.default > 0 || self.prefixes.iter().any(|(_, n)| *n > 0)
     }
 }
@@ -119,12 +119,6 @@ pub(crate) struct HistoryStore {
 /// A locked topic history.
 pub(crate) type HistoryGuard<'a> = MutexGuard<'a, TopicHistory>;
 
-fn lock(history: &Mutex<TopicHistory>) -> HistoryGuard<'_> {
-    history
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl HistoryStore {
     pub(crate) fn new(policy: HistoryPolicy, max_topics: usize) -> Self {
         HistoryStore {
@@ -175,7 +169,7 @@ impl HistoryStore {
 
     /// Locks one topic's history.
     pub(crate) fn lock(history: &Mutex<TopicHistory>) -> HistoryGuard<'_> {
-        lock(history)
+        crate::sync::lock(history)
     }
 }
 

@@ -15,34 +15,97 @@
 //! running.shutdown().await
 //! # }
 //! ```
+//!
+//! # Modules
+//!
+//! Each module is one job; dependencies point down this table, never up.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | `listener` | bind, accept loop (back-off when out of descriptors), serve, shutdown order |
+//! | `http_api` | the router: `/healthz`, `/metrics`, `/api/publish`, `/ws` through hyper, the demo |
+//! | `assets` | the demo's files, embedded |
+//! | `prefixed` | a socket with bytes already read put back in front, for hyper |
+//! | `handshake` | admission of every upgrade (a typed refusal or a slot), the `101`, the one spawn of a connection |
+//! | `connection` | one client: poll loop, protocol session, subscriptions, outbox, keepalive |
+//! | `stats` | `$sys.stats` |
+//! | `broker` | one node's shared state: configuration, limits, relay, connection slots, shutdown |
+//! | `relay` | publish and subscribe (with history) as one step per topic: memory, Redis, sharded Redis |
+//! | `history` | offsets and retained messages |
+//! | `registry` | topics and patterns with subscribers; the node's interest |
+//! | `delivery` | one message, encoded at most once per codec as a complete frame |
+//! | `ring` | a topic's unread messages; receivers with positions |
+//! | `ws` | RFC 6455 framing, server side |
+//! | `config`, `metrics`, `rate`, `sync` | settings, Prometheus metrics, the inbound rate limit, poison-free locks |
 #![warn(missing_docs)]
 
-mod accept;
+mod assets;
 mod broker;
-mod cluster;
 mod config;
 mod connection;
 mod delivery;
+mod handshake;
 mod history;
+mod http_api;
+mod listener;
 mod metrics;
+mod prefixed;
 mod rate;
 mod registry;
-pub mod ring;
-mod server;
+mod relay;
+mod ring;
 mod stats;
-mod web;
+mod sync;
 mod ws;
 
-pub use broker::{Broker, ConnId, PublishError, Published};
-pub use cluster::ClusterError;
+pub use broker::{Broker, PublishError};
 pub use config::{Config, LogFormat, SlowConsumerPolicy};
-pub use connection::IDLE_TIMEOUT_CLOSE;
-pub use delivery::Delivery;
-pub use history::HistoryPolicy;
+pub use listener::{RunningBroker, bind, serve, start};
 pub use metrics::{Metrics, Source};
-pub use registry::{DeliveryReceiver, TopicRegistry};
-pub use server::{RunningBroker, bind, router, serve, start};
+pub use registry::TopicRegistry;
+pub use relay::{ClusterError, Published};
 pub use stats::STATS_TOPIC;
+
+/// Not part of the API: what the crate's own benchmarks reach. It may
+/// change in any release.
+#[doc(hidden)]
+pub mod internals {
+    use std::sync::Arc;
+
+    use starling_protocol::Filter;
+
+    pub use crate::delivery::Delivery;
+    pub use crate::registry::DeliveryReceiver;
+    pub use crate::ring::Missed;
+
+    use crate::metrics::Metrics;
+    use crate::registry::TopicRegistry;
+
+    /// A topic registry on its own, for in-process fan-out benchmarks.
+    #[derive(Debug)]
+    pub struct Fanout {
+        registry: TopicRegistry,
+    }
+
+    impl Fanout {
+        /// A registry whose rings hold `capacity` messages per subscriber.
+        pub fn new(capacity: usize) -> Self {
+            Fanout {
+                registry: TopicRegistry::new(capacity, Arc::new(Metrics::new())),
+            }
+        }
+
+        /// One more subscriber of `filter`.
+        pub fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
+            self.registry.subscribe(filter)
+        }
+
+        /// Sends `delivery` to every matching subscriber; returns how many.
+        pub fn publish(&self, delivery: Delivery) -> usize {
+            self.registry.publish(delivery)
+        }
+    }
+}
 
 /// Helpers for the unit tests.
 #[cfg(test)]

@@ -19,7 +19,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = starling_broker::bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
-    let broker = Broker::new(config);
+    let broker = Broker::new(config)?;
     // The one line scripts and people look for.
     println!("starling listening on {addr} (ws://{addr}/ws, http://{addr}/)");
     starling_broker::serve(listener, broker, shutdown_signal()).await?;

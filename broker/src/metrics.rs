@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use starling_protocol::ErrorCode;
+use starling_protocol::{CloseCode, ErrorCode};
 
 /// The `code` label of error counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -226,8 +226,10 @@ impl Metrics {
     }
 
     /// Counts one close sent with `code`.
-    pub(crate) fn close(&self, code: u16) {
-        self.closes.get_or_create(&CloseLabel { code }).inc();
+    pub(crate) fn close(&self, code: CloseCode) {
+        self.closes
+            .get_or_create(&CloseLabel { code: code.code() })
+            .inc();
     }
 
     /// The metrics in Prometheus text format.

@@ -1,5 +1,6 @@
 //! The topic registry: one broadcast channel per topic (and per pattern) with
-//! subscribers.
+//! subscribers, and the node's interest: which topics and patterns have
+//! local subscribers, reported to the relay as it changes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -8,7 +9,6 @@ use dashmap::DashMap;
 use starling_protocol::{Filter, Topic};
 use tokio::sync::mpsc;
 
-use crate::cluster::{Interest, glob_of};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::ring;
@@ -16,12 +16,19 @@ use crate::ring;
 /// The receiving end of a subscription.
 pub type DeliveryReceiver = ring::Receiver<Arc<Delivery>>;
 
+/// A change in what this node needs from the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// The first local subscriber of a topic or pattern arrived.
+    Watch(Filter),
+    /// Its last local subscriber left.
+    Unwatch(Filter),
+}
+
 #[derive(Debug)]
 struct Channel {
     tx: ring::Sender<Arc<Delivery>>,
     subscribers: usize,
-    /// For patterns: the Redis glob they are relayed through.
-    glob: Option<String>,
 }
 
 /// Every topic and pattern that has subscribers, with its broadcast channel.
@@ -37,7 +44,7 @@ pub struct TopicRegistry {
     capacity: usize,
     metrics: Arc<Metrics>,
     /// Told when a topic or pattern gains its first or loses its last local
-    /// subscriber, when the node is in a cluster.
+    /// subscriber, when a relay follows interest.
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
 }
 
@@ -54,8 +61,8 @@ impl TopicRegistry {
         }
     }
 
-    /// Reports interest changes to the cluster link from now on, starting
-    /// with every topic and pattern that already has subscribers.
+    /// Reports interest changes to the relay from now on, starting with
+    /// every topic and pattern that already has subscribers.
     pub(crate) fn report_interest(&self, sender: mpsc::UnboundedSender<Interest>) {
         for entry in self.topics.iter() {
             Self::tell(&sender, Interest::Watch(entry.key().clone().into()));
@@ -78,7 +85,7 @@ impl TopicRegistry {
 
     /// Registers one subscriber of `filter` and returns its receiver, which
     /// sees every message published from now on.
-    pub fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
+    pub(crate) fn subscribe(&self, filter: &Filter) -> DeliveryReceiver {
         self.subscribe_shared(&mut filter.clone())
     }
 
@@ -110,14 +117,13 @@ impl TopicRegistry {
         let mut channel = map.entry(key).or_insert_with(|| {
             self.metrics.topics.inc();
             // Told under the entry's lock, so watch and unwatch of one filter
-            // reach the cluster link in the order they happened.
+            // reach the relay in the order they happened.
             if let Some(sender) = self.interest.get() {
                 Self::tell(sender, Interest::Watch(filter.clone()));
             }
             Channel {
                 tx: ring::channel(self.capacity),
                 subscribers: 0,
-                glob: filter.is_pattern().then(|| glob_of(filter)),
             }
         });
         *filter = shared(channel.key());
@@ -126,7 +132,7 @@ impl TopicRegistry {
     }
 
     /// Removes one subscriber of `filter`; the channel goes when it was the last.
-    pub fn unsubscribe(&self, filter: &Filter) {
+    pub(crate) fn unsubscribe(&self, filter: &Filter) {
         match filter.as_topic() {
             Some(topic) => self.remove_subscriber(&self.topics, &topic, filter),
             None => {
@@ -161,13 +167,13 @@ impl TopicRegistry {
 
     /// Sends `delivery` to the subscribers of its topic and of every pattern
     /// that matches it. Returns how many subscriptions it reached.
-    pub fn publish(&self, delivery: Delivery) -> usize {
+    pub(crate) fn publish(&self, delivery: Delivery) -> usize {
         self.publish_shared(Arc::new(delivery))
     }
 
     /// [`TopicRegistry::publish`] for a delivery that is shared already (kept
     /// in the topic's history too).
-    pub fn publish_shared(&self, delivery: Arc<Delivery>) -> usize {
+    pub(crate) fn publish_shared(&self, delivery: Arc<Delivery>) -> usize {
         let mut reached = 0;
         if self.pattern_count.load(Ordering::Relaxed) > 0 {
             for entry in self.patterns.iter() {
@@ -183,21 +189,26 @@ impl TopicRegistry {
         reached
     }
 
-    /// Delivers a message from another node to the subscribers of its topic
-    /// (it arrived on the topic's Redis channel).
-    pub(crate) fn publish_remote_topic(&self, delivery: Delivery) -> usize {
+    /// Delivers `delivery` to the subscribers of its topic only, not to
+    /// the patterns (a message from another node that came for the topic).
+    pub(crate) fn publish_to_topic(&self, delivery: Delivery) -> usize {
         match self.topics.get(delivery.topic.as_str()) {
             Some(channel) => channel.tx.send(Arc::new(delivery)),
             None => 0,
         }
     }
 
-    /// Delivers a message from another node to the patterns behind the Redis
-    /// glob it arrived through, when they match its topic exactly.
-    pub(crate) fn publish_remote_patterns(&self, delivery: Delivery, glob: &str) -> usize {
+    /// Delivers `delivery` to the patterns that match its topic and that
+    /// `route` picks, not to the topic's own subscribers (a message from
+    /// another node that came for some of the patterns).
+    pub(crate) fn publish_to_patterns(
+        &self,
+        delivery: Delivery,
+        route: impl Fn(&Filter) -> bool,
+    ) -> usize {
         let mut reached = 0;
         for entry in self.patterns.iter() {
-            if entry.glob.as_deref() == Some(glob) && entry.key().matches(delivery.topic.as_str()) {
+            if route(entry.key()) && entry.key().matches(delivery.topic.as_str()) {
                 let through = delivery.through_pattern(entry.key().clone());
                 reached += entry.tx.send(Arc::new(through));
             }

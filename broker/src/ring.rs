@@ -11,8 +11,10 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+
+use crate::sync::lock;
 
 /// What a receiver gets besides messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +59,7 @@ impl<T> Inner<T> {
 }
 
 /// The sending side, held by the topic registry.
-pub struct Sender<T> {
+pub(crate) struct Sender<T> {
     shared: Arc<Mutex<Inner<T>>>,
 }
 
@@ -75,16 +77,8 @@ struct Position {
     waiting_at: Option<u64>,
 }
 
-fn lock<T>(shared: &Mutex<Inner<T>>) -> MutexGuard<'_, Inner<T>> {
-    // A panic while holding the lock leaves the ring consistent (every
-    // operation completes its bookkeeping before anything can panic).
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A ring keeping at most `capacity` unread messages per receiver.
-pub fn channel<T: Clone>(capacity: usize) -> Sender<T> {
+pub(crate) fn channel<T: Clone>(capacity: usize) -> Sender<T> {
     Sender {
         shared: Arc::new(Mutex::new(Inner {
             slots: VecDeque::new(),
@@ -118,7 +112,7 @@ impl<T> std::fmt::Debug for Receiver<T> {
 
 impl<T: Clone> Sender<T> {
     /// A new receiver that sees every message sent from now on.
-    pub fn subscribe(&self) -> Receiver<T> {
+    pub(crate) fn subscribe(&self) -> Receiver<T> {
         let mut inner = lock(&self.shared);
         inner.receivers += 1;
         inner.next_receiver_id += 1;
@@ -135,7 +129,7 @@ impl<T: Clone> Sender<T> {
     /// Sends `value` to every receiver; returns how many there are. When the
     /// ring is full, the oldest message is dropped for the receivers that
     /// have not taken it (they will be told).
-    pub fn send(&self, value: T) -> usize {
+    pub(crate) fn send(&self, value: T) -> usize {
         let (receivers, waiting) = {
             let mut inner = lock(&self.shared);
             if inner.receivers == 0 {
@@ -156,7 +150,8 @@ impl<T: Clone> Sender<T> {
     }
 
     /// How many receivers there are.
-    pub fn receiver_count(&self) -> usize {
+    #[cfg(test)]
+    fn receiver_count(&self) -> usize {
         lock(&self.shared).receivers
     }
 }

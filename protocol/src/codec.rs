@@ -7,8 +7,11 @@ use std::cell::Cell;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
+use crate::codes::ErrorCode;
 use crate::envelope::{CodecName, Envelope, Limits};
-use crate::{ErrorCode, Filter, Payload, Topic, TopicError};
+use crate::error::CodecError;
+use crate::payload::{Payload, from_msgpack};
+use crate::topic::{Filter, Topic};
 
 /// The `Sec-WebSocket-Protocol` of the JSON codec.
 pub const JSON_SUBPROTOCOL: &str = "starling.v1.json";
@@ -41,72 +44,6 @@ impl Frame {
     /// Whether the frame is empty.
     pub fn is_empty(&self) -> bool {
         self.as_bytes().is_empty()
-    }
-}
-
-/// Why a frame could not be encoded or decoded.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CodecError {
-    /// Not parseable, not an object, or a field of the wrong type.
-    #[error("malformed frame: {reason}")]
-    Malformed {
-        /// The frame's `id`, when it could be read.
-        id: Option<u64>,
-        /// What was wrong.
-        reason: String,
-    },
-    /// A `type` this side does not accept.
-    #[error("unknown frame type {kind:?}")]
-    UnknownType {
-        /// The frame's `id`, when it could be read.
-        id: Option<u64>,
-        /// The type that was sent.
-        kind: String,
-    },
-    /// A topic or pattern that is not valid where it was used.
-    #[error("{source}")]
-    InvalidTopic {
-        /// The frame's `id`.
-        id: Option<u64>,
-        /// Why the topic is invalid.
-        source: TopicError,
-    },
-    /// A binary frame on a JSON connection or a text frame on a MessagePack one.
-    #[error("{0} frame on a {1} connection")]
-    WrongFrameKind(&'static str, &'static str),
-    /// The frame could not be encoded.
-    #[error("cannot encode frame: {0}")]
-    Encode(String),
-    /// A payload could not be converted to the requested type.
-    #[error("cannot decode payload: {0}")]
-    Payload(String),
-}
-
-impl CodecError {
-    /// The protocol error code to answer with.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            CodecError::Malformed { .. } | CodecError::WrongFrameKind(..) => ErrorCode::BadFrame,
-            CodecError::Payload(_) => ErrorCode::BadFrame,
-            CodecError::UnknownType { .. } => ErrorCode::UnknownType,
-            CodecError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
-            CodecError::Encode(_) => ErrorCode::Internal,
-        }
-    }
-
-    /// The `id` of the frame that failed, when it could be read.
-    pub fn id(&self) -> Option<u64> {
-        match self {
-            CodecError::Malformed { id, .. }
-            | CodecError::UnknownType { id, .. }
-            | CodecError::InvalidTopic { id, .. } => *id,
-            _ => None,
-        }
-    }
-
-    /// The `error` frame that answers this failure.
-    pub fn to_envelope(&self) -> Envelope {
-        Envelope::error(self.id(), self.code(), self.to_string())
     }
 }
 
@@ -269,18 +206,6 @@ impl Codec {
             }
         }
     }
-}
-
-/// Decodes one MessagePack value that must fill `bytes` exactly, nested at
-/// most [`MAX_DEPTH`](crate::MAX_DEPTH) levels below the frame.
-pub(crate) fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
-    de.set_max_depth(crate::MAX_DEPTH + 2);
-    let value = T::deserialize(&mut de).map_err(|e| e.to_string())?;
-    if de.position() != bytes.len() as u64 {
-        return Err("trailing bytes after the frame".into());
-    }
-    Ok(value)
 }
 
 fn is_msgpack_map_marker(b: u8) -> bool {

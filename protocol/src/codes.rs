@@ -77,6 +77,69 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The `code` of an HTTP error body that no `error` frame carries: refusals
+/// of a WebSocket handshake and answers of the HTTP router. (An HTTP error
+/// about a frame's content, such as `invalid_topic` from `POST
+/// /api/publish`, carries an [`ErrorCode`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpErrorCode {
+    /// A request to `/ws` that is not a WebSocket upgrade, or of a version
+    /// other than 13 (400, or 426 for the version).
+    NotWebsocket,
+    /// The client offered subprotocols and none of Starling's (400).
+    UnsupportedSubprotocol,
+    /// The broker is at its connection limit (503).
+    TooManyConnections,
+    /// The broker is shutting down (503).
+    ShuttingDown,
+    /// No such path (404).
+    NotFound,
+    /// The path does not take this method (405).
+    MethodNotAllowed,
+}
+
+impl HttpErrorCode {
+    /// Every HTTP-only code.
+    pub const ALL: [HttpErrorCode; 6] = [
+        HttpErrorCode::NotWebsocket,
+        HttpErrorCode::UnsupportedSubprotocol,
+        HttpErrorCode::TooManyConnections,
+        HttpErrorCode::ShuttingDown,
+        HttpErrorCode::NotFound,
+        HttpErrorCode::MethodNotAllowed,
+    ];
+
+    /// The snake_case word in the body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpErrorCode::NotWebsocket => "not_websocket",
+            HttpErrorCode::UnsupportedSubprotocol => "unsupported_subprotocol",
+            HttpErrorCode::TooManyConnections => "too_many_connections",
+            HttpErrorCode::ShuttingDown => "shutting_down",
+            HttpErrorCode::NotFound => "not_found",
+            HttpErrorCode::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// The HTTP status this code is answered with (426 for a WebSocket
+    /// version other than 13 is the one exception, set by the broker).
+    pub fn http_status(self) -> u16 {
+        match self {
+            HttpErrorCode::NotWebsocket | HttpErrorCode::UnsupportedSubprotocol => 400,
+            HttpErrorCode::TooManyConnections | HttpErrorCode::ShuttingDown => 503,
+            HttpErrorCode::NotFound => 404,
+            HttpErrorCode::MethodNotAllowed => 405,
+        }
+    }
+}
+
+impl fmt::Display for HttpErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A WebSocket close code the broker sends before it drops a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -91,12 +154,15 @@ pub enum CloseCode {
     Unsupported = 1003,
     /// 1007: a text frame that is not UTF-8.
     InvalidPayload = 1007,
-    /// 1008: policy violation (bad origin, bad or expired token, keepalive timeout).
+    /// 1008: policy violation (bad or expired token).
     Policy = 1008,
     /// 1009: a message over the size limit.
     TooBig = 1009,
     /// 1011: the broker failed.
     Internal = 1011,
+    /// 4000: the client sent nothing, not even a pong, within the idle
+    /// timeout. The client may reconnect.
+    IdleTimeout = 4000,
     /// 4008: slow consumer dropped by policy. The client may reconnect.
     SlowConsumer = 4008,
     /// 4029: rate limit exceeded repeatedly. The client may reconnect later.
@@ -104,8 +170,23 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every close code the broker sends, in numeric order.
+    pub const ALL: [CloseCode; 11] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::Protocol,
+        CloseCode::Unsupported,
+        CloseCode::InvalidPayload,
+        CloseCode::Policy,
+        CloseCode::TooBig,
+        CloseCode::Internal,
+        CloseCode::IdleTimeout,
+        CloseCode::SlowConsumer,
+        CloseCode::RateLimited,
+    ];
+
     /// The numeric code.
-    pub fn code(self) -> u16 {
+    pub const fn code(self) -> u16 {
         self as u16
     }
 
@@ -120,6 +201,7 @@ impl CloseCode {
             1008 => CloseCode::Policy,
             1009 => CloseCode::TooBig,
             1011 => CloseCode::Internal,
+            4000 => CloseCode::IdleTimeout,
             4008 => CloseCode::SlowConsumer,
             4029 => CloseCode::RateLimited,
             _ => return None,
@@ -154,11 +236,21 @@ mod tests {
     }
 
     #[test]
-    fn close_codes_round_trip() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4008, 4029] {
-            assert_eq!(CloseCode::from_code(code).unwrap().code(), code);
+    fn http_codes_are_snake_case_in_bodies() {
+        for code in HttpErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert!((400..600).contains(&code.http_status()));
         }
-        assert_eq!(CloseCode::from_code(4000), None);
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(code.code()), Some(code));
+        }
+        assert_eq!(CloseCode::from_code(4001), None);
+        assert!(CloseCode::may_reconnect(4000));
         assert!(CloseCode::may_reconnect(1001));
         assert!(CloseCode::may_reconnect(4008));
         assert!(!CloseCode::may_reconnect(1008));

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Filter, Payload, Topic};
+use crate::codes::ErrorCode;
+use crate::error::CodecError;
+use crate::payload::Payload;
+use crate::topic::{Filter, Topic};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -165,6 +168,13 @@ pub enum Envelope {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+}
+
+impl CodecError {
+    /// The `error` frame that answers this failure.
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope::error(self.id(), self.code(), self.to_string())
+    }
 }
 
 impl Envelope {

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CodecError, ErrorCode, Payload, Topic};
+use crate::{CodecError, ErrorCode, HttpErrorCode, Payload, Topic};
 
 /// The body of `POST /api/publish`: `{"topic": "...", "payload": ...}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,9 +68,7 @@ impl PublishRequest {
 /// An HTTP error body: `{"code": "...", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// A stable snake_case code: one of PROTOCOL.md's, or an HTTP-only one
-    /// (`not_found`, `method_not_allowed`, `unsupported_subprotocol`,
-    /// `too_many_connections`, `shutting_down`, `not_websocket`).
+    /// A stable snake_case code: an [`ErrorCode`] or an [`HttpErrorCode`].
     pub code: Cow<'static, str>,
     /// A message for people.
     pub message: String,
@@ -86,9 +84,9 @@ impl ErrorBody {
     }
 
     /// An error body with an HTTP-only code.
-    pub fn other(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn http(code: HttpErrorCode, message: impl Into<String>) -> Self {
         ErrorBody {
-            code: Cow::Borrowed(code),
+            code: Cow::Borrowed(code.as_str()),
             message: message.into(),
         }
     }

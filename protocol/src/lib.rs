@@ -29,14 +29,14 @@ pub const MAX_DEPTH: usize = 64;
 
 mod codes;
 mod envelope;
+mod error;
 pub mod http;
 mod payload;
 mod topic;
 
-pub use codec::{
-    Codec, CodecError, Frame, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, NegotiationError,
-};
-pub use codes::{CloseCode, ErrorCode};
+pub use codec::{Codec, Frame, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, NegotiationError};
+pub use codes::{CloseCode, ErrorCode, HttpErrorCode};
 pub use envelope::{CodecName, Envelope, Limits, PROTOCOL_VERSION};
+pub use error::CodecError;
 pub use payload::{Payload, Value};
 pub use topic::{Filter, MAX_TOPIC_BYTES, Topic, TopicError};

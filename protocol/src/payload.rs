@@ -20,6 +20,8 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::error::CodecError;
+
 /// A self-describing value that can hold everything MessagePack can.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -309,8 +311,8 @@ impl Payload {
     /// let p = Payload::from_json(r#"{"user":"ada"}"#).unwrap();
     /// assert_eq!(p.to_json_string(), r#"{"user":"ada"}"#);
     /// ```
-    pub fn from_json(json: &str) -> Result<Self, crate::CodecError> {
-        let payload_error = |e: String| crate::CodecError::Payload(e);
+    pub fn from_json(json: &str) -> Result<Self, CodecError> {
+        let payload_error = |e: String| CodecError::Payload(e);
         let raw = RawValue::from_string(json.trim().to_owned())
             .map_err(|e| payload_error(e.to_string()))?;
         check_json(raw.get()).map_err(payload_error)?;
@@ -367,27 +369,28 @@ impl Payload {
     }
 
     /// The payload back from [`Payload::to_relay`]'s bytes.
-    pub fn from_relay(json: bool, bytes: &[u8]) -> Result<Self, crate::CodecError> {
+    pub fn from_relay(json: bool, bytes: &[u8]) -> Result<Self, CodecError> {
         if json {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|e| crate::CodecError::Payload(e.to_string()))?;
+            let text =
+                std::str::from_utf8(bytes).map_err(|e| CodecError::Payload(e.to_string()))?;
             Self::from_json(text)
         } else {
-            crate::codec::from_msgpack::<Value>(bytes)
+            from_msgpack::<Value>(bytes)
                 .map(Self::from_value)
-                .map_err(crate::CodecError::Payload)
+                .map_err(CodecError::Payload)
         }
     }
 
     /// Decodes the payload into any deserializable type.
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::CodecError> {
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CodecError> {
         match &self.0 {
-            Repr::Json(raw) => serde_json::from_str(raw.get())
-                .map_err(|e| crate::CodecError::Payload(e.to_string())),
+            Repr::Json(raw) => {
+                serde_json::from_str(raw.get()).map_err(|e| CodecError::Payload(e.to_string()))
+            }
             Repr::Value(v) => {
-                let bytes = rmp_serde::to_vec(&**v)
-                    .map_err(|e| crate::CodecError::Payload(e.to_string()))?;
-                crate::codec::from_msgpack(&bytes).map_err(crate::CodecError::Payload)
+                let bytes =
+                    rmp_serde::to_vec(&**v).map_err(|e| CodecError::Payload(e.to_string()))?;
+                from_msgpack(&bytes).map_err(CodecError::Payload)
             }
         }
     }
@@ -443,6 +446,18 @@ impl<'de> Deserialize<'de> for Payload {
             Ok(Self::from_value(Value::deserialize(d)?))
         }
     }
+}
+
+/// Decodes one MessagePack value that must fill `bytes` exactly, nested at
+/// most [`MAX_DEPTH`](crate::MAX_DEPTH) levels below the frame.
+pub(crate) fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    de.set_max_depth(crate::MAX_DEPTH + 2);
+    let value = T::deserialize(&mut de).map_err(|e| e.to_string())?;
+    if de.position() != bytes.len() as u64 {
+        return Err("trailing bytes after the frame".into());
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

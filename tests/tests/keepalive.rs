@@ -48,7 +48,7 @@ async fn peer_that_stops_answering_is_closed_with_4000() {
     // Do not read (so no pongs) for longer than the idle timeout.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (code, reason, _) = client.recv_close().await;
-    assert_eq!(code, starling_broker::IDLE_TIMEOUT_CLOSE);
+    assert_eq!(code, starling_protocol::CloseCode::IdleTimeout.code());
     assert!(reason.contains("idle"), "{reason}");
     broker.stop().await;
 }

@@ -3,6 +3,7 @@
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use starling_protocol::HttpErrorCode;
 use starling_protocol::http::ErrorBody;
 
 /// One embedded file.
@@ -17,7 +18,7 @@ macro_rules! asset {
         Asset {
             path: $path,
             content_type: $type,
-            body: include_bytes!(concat!("../../web-demo/", $path)),
+            body: include_bytes!(concat!("../web/", $path)),
         }
     };
 }
@@ -51,7 +52,7 @@ fn serve(path: &str) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            ErrorBody::other("not_found", format!("no such path: /{path}")).to_json(),
+            ErrorBody::http(HttpErrorCode::NotFound, format!("no such path: /{path}")).to_json(),
         )
             .into_response(),
     }

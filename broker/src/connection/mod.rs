@@ -1,0 +1,381 @@
+//! One client connection: a single task that reads frames, pulls deliveries
+//! from its subscriptions and writes everything ready in one batch.
+//!
+//! The task never blocks on its socket: replies and deliveries are appended,
+//! as finished WebSocket frames, to one outbound buffer bounded in bytes
+//! ([`outbox`]), which a write step hands to the socket whenever it takes
+//! data: a burst of deliveries costs one `write`, not one per frame. While
+//! the buffer is full the task stops pulling deliveries; a subscriber that
+//! stays behind then lags in its topic's broadcast ring (and gets `lagged`),
+//! or is closed with 4008, without anyone else noticing.
+//!
+//! A quiet connection holds no buffers: the read buffer is freed once every
+//! byte in it is parsed, the outbound buffer once everything is written.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | this one | the poll loop (read, deliver, write in turns) and the close handshake |
+//! | [`session`] | the protocol: one arm per client frame type |
+//! | [`subscriptions`] | subscriptions, their wakers, taking their deliveries |
+//! | [`outbox`] | the outbound buffer, one write per batch |
+//! | [`keepalive`] | pings, idle and write timeouts |
+//! | [`exit`] | why a connection ends |
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use starling_protocol::{CloseCode, Codec};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::broker::{Admission, Broker};
+use crate::connection::exit::Exit;
+use crate::connection::keepalive::Keepalive;
+use crate::connection::session::Session;
+use crate::ws::{self, Event, FrameReader};
+
+mod exit;
+mod keepalive;
+mod outbox;
+mod session;
+mod subscriptions;
+
+/// How long the broker waits for the peer's close frame after sending its own.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// Turns of read, deliver and write per wake-up before the task yields to
+/// the other connections.
+const TURNS_PER_POLL: usize = 16;
+
+/// The read buffer is topped up to at least this much room before a read.
+const MIN_READ_ROOM: usize = 512;
+
+/// Everything a connection task needs, handed over by the handshake.
+pub(crate) struct ConnCtx {
+    pub(crate) broker: Broker,
+    pub(crate) admission: Admission,
+    pub(crate) codec: Codec,
+    pub(crate) peer: SocketAddr,
+}
+
+/// Settings the connection loop reads, copied once from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    /// Outbound bytes past which no more deliveries are taken.
+    bound: usize,
+    /// Messages over this close the connection with 1009.
+    hard_limit: usize,
+    read_chunk: usize,
+}
+
+/// A connection: its socket, what was read and not parsed yet, and the rest.
+struct Connection {
+    io: TcpStream,
+    reader: FrameReader,
+    session: Session,
+    keepalive: Keepalive,
+}
+
+/// Reads what the socket has into the reader's buffer. The buffer is
+/// allocated only once the socket has data: waiting costs no memory.
+fn poll_read(
+    io: &TcpStream,
+    reader: &mut FrameReader,
+    chunk: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(io.poll_read_ready(cx))?;
+        let buf = reader.buffer();
+        if buf.capacity() - buf.len() < MIN_READ_ROOM {
+            buf.reserve(chunk.max(MIN_READ_ROOM));
+        }
+        match io.try_read_buf(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // A stale readiness, now cleared: wait for the next one.
+                if buf.is_empty() {
+                    *buf = Vec::new();
+                }
+            }
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// Handles every complete frame in the reader's buffer; `Some` when the
+/// connection must end.
+fn parse_input(reader: &mut FrameReader, session: &mut Session, hard_limit: usize) -> Option<Exit> {
+    match reader.parse(hard_limit, |event| session.on_event(event)) {
+        Ok(ControlFlow::Continue(())) => None,
+        Ok(ControlFlow::Break(exit)) => Some(exit),
+        Err(violation) => Some(Exit::close(violation.code, violation.reason)),
+    }
+}
+
+impl Connection {
+    /// Reads, delivers and writes, in turns, until nothing is ready (or the
+    /// turns run out, and the task yields); ready with why it must end.
+    fn poll_io(&mut self, tuning: Tuning, cx: &mut Context<'_>) -> Poll<Exit> {
+        let Connection {
+            io,
+            reader,
+            session,
+            keepalive,
+        } = self;
+        let mut registered = false;
+        for _ in 0..TURNS_PER_POLL {
+            // Another turn is needed after a read that got data (the socket
+            // may hold more) or while subscriptions have something and the
+            // outbound buffer has room.
+            let mut progress = false;
+            if session.out.queued() < tuning.bound {
+                match poll_read(io, reader, tuning.read_chunk, cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Exit::PeerGone("closed without a close frame".into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        session.broker.metrics().bytes_in.inc_by(n as u64);
+                        keepalive.last_seen = Instant::now();
+                        if let Some(exit) = parse_input(reader, session, tuning.hard_limit) {
+                            return Poll::Ready(exit);
+                        }
+                    }
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Exit::PeerGone(error.to_string()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // After the read, which may have added the first subscription.
+            session.subs.collect_woken(cx.waker(), &mut registered);
+            if session.out.queued() < tuning.bound
+                && let ControlFlow::Break(exit) = session.deliver(tuning.bound)
+            {
+                return Poll::Ready(exit);
+            }
+            if session.out.queued() > 0 {
+                match session.out.poll_write(io, cx) {
+                    Poll::Ready(Ok(())) => session.flush_metrics(),
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Exit::PeerGone(error.to_string()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            progress |= session.subs.has_ready() && session.out.queued() < tuning.bound;
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what is queued (ending with our close frame), then waits a
+    /// moment for the peer's close frame, so the client sees a clean close.
+    async fn close_handshake(&mut self, hard_limit: usize, read_chunk: usize) {
+        let Connection {
+            io,
+            reader,
+            session,
+            ..
+        } = self;
+        if poll_fn(|cx| session.out.poll_write(io, cx)).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+            loop {
+                match poll_fn(|cx| poll_read(io, reader, read_chunk, cx)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let closed = reader.parse(hard_limit, |event| match event {
+                    Event::Close(_) => ControlFlow::Break(()),
+                    _ => ControlFlow::Continue(()),
+                });
+                if !matches!(closed, Ok(ControlFlow::Continue(()))) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
+    }
+
+    /// Serves the connection until it must end; returns why.
+    async fn run(&mut self, tuning: Tuning) -> Exit {
+        // Frames the client sent right behind its upgrade request.
+        if !self.reader.buffer().is_empty()
+            && let Some(exit) = parse_input(&mut self.reader, &mut self.session, tuning.hard_limit)
+        {
+            return exit;
+        }
+        let broker = self.session.broker.clone();
+        let shutdown = broker.shutdown_notified();
+        tokio::pin!(shutdown);
+        let timer = tokio::time::sleep_until(self.keepalive.next_deadline(broker.config()));
+        tokio::pin!(timer);
+        // The waker the shutdown signal and the timer were last polled with.
+        // They keep it, so they are polled again only when the task's waker
+        // changes (a spawned task's never does) or the timer has fired:
+        // polling the shutdown signal locks a mutex every connection shares.
+        let mut registered: Option<Waker> = None;
+        poll_fn(|cx| {
+            let new_waker = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if new_waker {
+                registered = Some(cx.waker().clone());
+            }
+            // The flag is checked after registering, so a shutdown begun
+            // before is seen.
+            if (new_waker && shutdown.as_mut().poll(cx).is_ready()) || broker.is_shutting_down() {
+                return Poll::Ready(Exit::close(CloseCode::GoingAway, "broker shutting down"));
+            }
+            // After a reset the timer is polled again, which registers it.
+            let poll_timer = new_waker || timer.is_elapsed();
+            while poll_timer && timer.as_mut().poll(cx).is_ready() {
+                if let Some(exit) = self
+                    .keepalive
+                    .on_timer(broker.config(), &mut self.session.out)
+                {
+                    return Poll::Ready(exit);
+                }
+                timer
+                    .as_mut()
+                    .reset(self.keepalive.next_deadline(broker.config()));
+            }
+            let io = self.poll_io(tuning, cx);
+            let room = self.session.out.queued() < tuning.bound;
+            if io.is_pending() && self.keepalive.track_stall(room) {
+                timer
+                    .as_mut()
+                    .reset(self.keepalive.next_deadline(broker.config()));
+                // Registers the new deadline; a deadline already past wakes at once.
+                if timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            io
+        })
+        .await
+    }
+
+    /// How the connection ends after `exit`, when there is anything to send.
+    fn closing(
+        &mut self,
+        exit: Exit,
+        tuning: Tuning,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        match exit {
+            Exit::Close(code, why) => {
+                self.session.broker.metrics().close(code);
+                if code == CloseCode::SlowConsumer {
+                    // Its backlog is what made it slow: the close frame goes first.
+                    self.session.out.discard_unsent();
+                }
+                ws::write_close(&mut self.session.out.buf, code.code(), &why);
+                let deadline = if code == CloseCode::GoingAway {
+                    self.session.broker.config().shutdown_timeout()
+                } else {
+                    Duration::from_secs(2)
+                };
+                let closing = self.close_handshake(tuning.hard_limit, tuning.read_chunk);
+                Some(Box::pin(async move {
+                    let _ = tokio::time::timeout(deadline, closing).await;
+                }))
+            }
+            Exit::PeerClosed => Some(Box::pin(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.answer_close()).await;
+            })),
+            Exit::PeerGone(_) => None,
+        }
+    }
+
+    /// Writes the answer to the peer's close frame, then ends the stream.
+    async fn answer_close(&mut self) {
+        let Connection { io, session, .. } = self;
+        if poll_fn(|cx| session.out.poll_write(io, cx)).await.is_ok() {
+            let _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await;
+        }
+    }
+}
+
+/// Runs one connection until it ends, then logs one line about it.
+/// `read` is what the client sent after its upgrade request, if anything.
+///
+/// The setup is done here, outside the returned future, so that only what
+/// the connection needs while it lives is kept in its task.
+pub(crate) fn run_connection(
+    io: TcpStream,
+    read: Bytes,
+    ctx: ConnCtx,
+) -> impl Future<Output = ()> + Send {
+    let ConnCtx {
+        broker,
+        admission,
+        codec,
+        peer,
+    } = ctx;
+    let id = admission.id;
+    let started = Instant::now();
+    let config = broker.config();
+    let tuning = Tuning {
+        bound: config.outbound_queue_bytes.max(1),
+        hard_limit: config.hard_message_limit(),
+        read_chunk: config.read_buffer_bytes,
+    };
+    info!(conn_id = %id, %peer, codec = ?codec, "connected");
+
+    let mut reader = FrameReader::default();
+    reader.buffer().extend_from_slice(&read);
+    let mut conn = Connection {
+        io,
+        reader,
+        session: Session::new(broker, admission, codec),
+        keepalive: Keepalive::new(started),
+    };
+
+    async move {
+        let exit = conn.run(tuning).await;
+        let reason = exit.describe();
+        if let Some(closing) = conn.closing(exit, tuning) {
+            closing.await;
+        }
+        info!(
+            conn_id = %id,
+            %reason,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "disconnected"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn connection_task_state_stays_small() {
+        // Every idle connection carries its task's state: keep it small.
+        let (_client, server, peer) = crate::test_support::tcp_pair().await;
+        let broker = Broker::new(Config::ephemeral()).unwrap();
+        let ctx = ConnCtx {
+            admission: broker.try_admit().unwrap(),
+            broker,
+            codec: Codec::Json,
+            peer,
+        };
+        let task = run_connection(server, Bytes::new(), ctx);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 704, "connection task state is {size} bytes");
+    }
+}

@@ -1,0 +1,292 @@
+//! The protocol session of one connection: what each client frame does.
+//!
+//! A new client frame type is one arm of [`Session::on_envelope`] (and one
+//! variant of the protocol crate's `Envelope`).
+
+use std::ops::ControlFlow;
+
+use starling_protocol::{CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::broker::{Admission, Broker};
+use crate::config::SlowConsumerPolicy;
+use crate::connection::exit::Exit;
+use crate::connection::outbox::Outbox;
+use crate::connection::subscriptions::Subscriptions;
+use crate::delivery::write_protocol_frame;
+use crate::history::Replay;
+use crate::metrics::Source;
+use crate::rate::{RateLimiter, Verdict};
+use crate::ws::{self, Event, Kind};
+
+/// The state of one connection, apart from its socket, read buffer and
+/// timers. Dropping it removes the connection's subscriptions from the
+/// registry, on every exit path.
+pub(crate) struct Session {
+    pub(crate) broker: Broker,
+    /// The connection's id and its slot under the connection limit.
+    pub(crate) admission: Admission,
+    codec: Codec,
+    pub(crate) subs: Subscriptions,
+    pub(crate) out: Outbox,
+    /// Boxed: most brokers run without a rate limit.
+    rate: Option<Box<RateLimiter>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for sub in self.subs.drain() {
+            self.broker.unsubscribe(&sub.filter);
+        }
+        self.flush_metrics();
+        self.broker.metrics().connections.dec();
+    }
+}
+
+impl Session {
+    /// A session that starts by sending `welcome`.
+    pub(crate) fn new(broker: Broker, admission: Admission, codec: Codec) -> Self {
+        let rate_limit = broker.config().rate_limit;
+        broker.metrics().connections.inc();
+        broker.metrics().connections_total.inc();
+        let mut session = Session {
+            rate: (rate_limit > 0).then(|| Box::new(RateLimiter::new(rate_limit))),
+            broker,
+            admission,
+            codec,
+            subs: Subscriptions::default(),
+            out: Outbox::default(),
+        };
+        let welcome = Envelope::Welcome {
+            version: starling_protocol::PROTOCOL_VERSION,
+            node: session.broker.node_id().clone(),
+            codec: codec.name(),
+            limits: session.broker.limits().clone(),
+        };
+        session.send(&welcome);
+        session
+    }
+
+    fn send(&mut self, envelope: &Envelope) {
+        match self.codec.encode(envelope) {
+            Ok(frame) => write_protocol_frame(&mut self.out.buf, &frame),
+            Err(error) => warn!(conn_id = %self.admission.id, %error, "cannot encode frame"),
+        }
+    }
+
+    fn send_error(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        self.broker.metrics().error(code);
+        self.send(&Envelope::error(id, code, message));
+    }
+
+    /// Adds the counts of the last batch to the shared metrics.
+    pub(crate) fn flush_metrics(&mut self) {
+        let metrics = self.broker.metrics();
+        if self.out.delivered > 0 {
+            metrics
+                .delivered
+                .inc_by(u64::from(std::mem::take(&mut self.out.delivered)));
+        }
+        if self.out.sent_bytes > 0 {
+            metrics
+                .bytes_out
+                .inc_by(u64::from(std::mem::take(&mut self.out.sent_bytes)));
+        }
+    }
+
+    /// Handles one thing the peer sent.
+    pub(crate) fn on_event(&mut self, event: Event<'_>) -> ControlFlow<Exit> {
+        match event {
+            Event::Message(kind, data) => self.on_message(kind, data),
+            Event::Ping(data) => {
+                ws::write_control(&mut self.out.buf, true, data);
+                ControlFlow::Continue(())
+            }
+            Event::Pong => ControlFlow::Continue(()),
+            Event::Close(code) => {
+                // Echo the peer's code (RFC 6455, 5.5.1); the answer goes out
+                // before the connection ends.
+                ws::write_close(&mut self.out.buf, code.unwrap_or(1000), "");
+                ControlFlow::Break(Exit::PeerClosed)
+            }
+        }
+    }
+
+    /// Handles one data message from the peer.
+    fn on_message(&mut self, kind: Kind, data: &[u8]) -> ControlFlow<Exit> {
+        match (kind, self.codec.is_text()) {
+            (Kind::Text, true) | (Kind::Binary, false) => {}
+            (Kind::Binary, true) => {
+                return ControlFlow::Break(Exit::close(
+                    CloseCode::Unsupported,
+                    "binary frame on a JSON connection",
+                ));
+            }
+            (Kind::Text, false) => {
+                return ControlFlow::Break(Exit::close(
+                    CloseCode::Unsupported,
+                    "text frame on a MessagePack connection",
+                ));
+            }
+        }
+        let max = self.broker.config().max_message_bytes;
+        if data.len() > max {
+            let id = self.codec.probe_id(data);
+            self.send_error(
+                id,
+                ErrorCode::MessageTooLarge,
+                format!("message of {} bytes is over the limit of {max}", data.len()),
+            );
+            return ControlFlow::Continue(());
+        }
+        if let Some(rate) = &mut self.rate {
+            match rate.check(Instant::now()) {
+                Verdict::Allow => {}
+                Verdict::Deny => {
+                    let id = self.codec.probe_id(data);
+                    self.send_error(id, ErrorCode::RateLimited, "too many frames; slow down");
+                    return ControlFlow::Continue(());
+                }
+                Verdict::Disconnect => {
+                    return ControlFlow::Break(Exit::close(
+                        CloseCode::RateLimited,
+                        "rate limit exceeded repeatedly",
+                    ));
+                }
+            }
+        }
+        match self.codec.decode_client(data) {
+            Ok(envelope) => self.on_envelope(envelope),
+            Err(error) => self.on_bad_frame(&error),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_bad_frame(&mut self, error: &CodecError) {
+        debug!(conn_id = %self.admission.id, %error, "bad frame");
+        self.send_error(error.id(), error.code(), error.to_string());
+    }
+
+    /// One arm per client frame type.
+    fn on_envelope(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Subscribe { id, topic, since } => self.subscribe(id, topic, since),
+            Envelope::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
+            Envelope::Publish { id, topic, payload } => {
+                match self.broker.publish(topic, payload, Source::WebSocket) {
+                    Ok(published) => self.ack(id, published.offset),
+                    Err(error) => self.send_error(id, error.code(), error.to_string()),
+                }
+            }
+            Envelope::Ping { id } => self.send(&Envelope::Pong { id }),
+            other => {
+                // decode_client only yields client frames.
+                self.send_error(
+                    other.id(),
+                    ErrorCode::UnknownType,
+                    format!("{} is not a client frame", other.type_name()),
+                );
+            }
+        }
+    }
+
+    fn ack(&mut self, id: Option<u64>, offset: Option<u64>) {
+        if let Some(id) = id {
+            self.send(&Envelope::Ack { id, offset });
+        }
+    }
+
+    fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, since: Option<u64>) {
+        if self.subs.find(&filter).is_some() {
+            self.ack(id, None);
+            return;
+        }
+        let max = self.broker.config().max_subscriptions;
+        if self.subs.len() >= max {
+            self.send_error(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {max} subscriptions"),
+            );
+            return;
+        }
+        let (rx, replay) = self.broker.subscribe(&mut filter, since);
+        debug!(conn_id = %self.admission.id, topic = %filter, ?since, "subscribed");
+        self.ack(id, None);
+        if let Some(Replay {
+            lost,
+            messages: replay,
+        }) = replay
+        {
+            if lost > 0 {
+                let metrics = self.broker.metrics();
+                metrics.lagged_events.inc();
+                metrics.lagged_messages.inc_by(lost);
+                self.send(&Envelope::Lagged {
+                    topic: filter.clone(),
+                    missed: lost,
+                });
+            }
+            for delivery in replay {
+                if let Some(wire) = delivery.wire(self.codec) {
+                    self.out.buf.extend_from_slice(wire);
+                    self.out.delivered += 1;
+                }
+            }
+        }
+        self.subs.insert(filter, rx);
+    }
+
+    fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {
+        match self
+            .subs
+            .find(filter)
+            .and_then(|slot| self.subs.remove(slot))
+        {
+            Some(sub) => {
+                drop(sub);
+                self.broker.unsubscribe(filter);
+                debug!(conn_id = %self.admission.id, topic = %filter, "unsubscribed");
+                self.ack(id, None);
+            }
+            None => self.send_error(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {filter}"),
+            ),
+        }
+    }
+
+    /// Takes deliveries from the subscriptions that have some, while the
+    /// outbound buffer holds less than `bound` bytes.
+    pub(crate) fn deliver(&mut self, bound: usize) -> ControlFlow<Exit> {
+        let Session {
+            broker,
+            admission,
+            codec,
+            subs,
+            out,
+            ..
+        } = self;
+        let mut exit = None;
+        let _ = subs.deliver(out, *codec, bound, |filter, missed| {
+            let metrics = broker.metrics();
+            metrics.lagged_events.inc();
+            metrics.lagged_messages.inc_by(missed);
+            debug!(conn_id = %admission.id, topic = %filter, missed, "subscriber lagged");
+            if broker.config().slow_consumer == SlowConsumerPolicy::Disconnect {
+                exit = Some(Exit::close(
+                    CloseCode::SlowConsumer,
+                    format!("slow consumer: missed {missed} messages on {filter}"),
+                ));
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        match exit {
+            Some(exit) => ControlFlow::Break(exit),
+            None => ControlFlow::Continue(()),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The HTTP API on the broker's port: the router and its handlers.
+//!
+//! `/healthz`, `/metrics`, `POST /api/publish`, the demo's files, and `/ws`
+//! for the upgrades that reach hyper rather than the first-request path of
+//! [`crate::handshake`] (which admits them through the same function).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use hyper::upgrade::Parts;
+use hyper_util::rt::TokioIo;
+use starling_protocol::http::{ErrorBody, Health, PublishRequest};
+use starling_protocol::{ErrorCode, HttpErrorCode};
+use tracing::{debug, warn};
+
+use crate::assets;
+use crate::broker::Broker;
+use crate::handshake::{self, Refusal};
+use crate::metrics::Source;
+use crate::prefixed::Prefixed;
+
+/// A JSON answer with a status.
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// An HTTP error with the body `{"code": "...", "message": "..."}`.
+fn error_response(status: StatusCode, body: ErrorBody) -> Response {
+    json_response(status, body.to_json())
+}
+
+fn protocol_error(broker: &Broker, code: ErrorCode, message: impl Into<String>) -> Response {
+    broker.metrics().error(code);
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error_response(status, ErrorBody::new(code, message))
+}
+
+/// An HTTP-only error, with the status of its code.
+pub(crate) fn http_error(code: HttpErrorCode, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error_response(status, ErrorBody::http(code, message))
+}
+
+/// The router of every endpoint.
+pub(crate) fn router(broker: Broker) -> Router {
+    Router::new()
+        .route("/ws", any(upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/publish", post(publish))
+        .route("/", get(assets::index))
+        .route("/{*path}", get(assets::asset))
+        .method_not_allowed_fallback(|| async {
+            http_error(
+                HttpErrorCode::MethodNotAllowed,
+                "method not allowed on this path",
+            )
+        })
+        .with_state(broker)
+}
+
+/// The answer to a refused upgrade.
+fn refused(refusal: &Refusal) -> Response {
+    let mut response = error_response(refusal.status(), refusal.body());
+    response.headers_mut().extend(refusal.headers());
+    response
+}
+
+/// `GET /ws` reached through hyper: admitted by the same checks as on the
+/// first-request path; the connection starts once hyper hands the socket
+/// back.
+async fn upgrade(
+    State(broker): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let admitted = match handshake::admit(&broker, request.method(), request.headers(), peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(&refusal),
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().extend(admitted.response_headers());
+
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                debug!(%peer, %error, "upgrade failed");
+                return;
+            }
+        };
+        // The bare socket, and whatever the client sent after its request.
+        let Ok(Parts { io, read_buf, .. }) = upgraded.downcast::<TokioIo<Prefixed>>() else {
+            warn!(%peer, "upgraded connection is not a TCP stream");
+            return;
+        };
+        let (tcp, unread) = io.into_inner().into_parts();
+        let early = if unread.is_empty() {
+            read_buf
+        } else {
+            [&read_buf[..], &unread[..]].concat().into()
+        };
+        admitted.start(tcp, early);
+    });
+    response
+}
+
+/// `GET /healthz`: 200 while serving, 503 while shutting down.
+async fn healthz(State(broker): State<Broker>) -> Response {
+    let cluster = broker.cluster_up();
+    let (status, state) = if broker.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if cluster == Some(false) {
+        // Local clients are still served: ready, but say so.
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    let body = Health {
+        status: state.into(),
+        node: broker.node_id().to_string(),
+        connections: broker.metrics().connections.get().max(0) as u64,
+        cluster: match cluster {
+            None => "off",
+            Some(true) => "up",
+            Some(false) => "down",
+        }
+        .into(),
+    };
+    json_response(status, starling_protocol::http::to_json(&body))
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+async fn metrics(State(broker): State<Broker>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        broker.metrics().encode(),
+    )
+        .into_response()
+}
+
+/// `POST /api/publish`: publish from a backend without a WebSocket.
+async fn publish(State(broker): State<Broker>, request: Request) -> Response {
+    let limit = broker.config().max_message_bytes;
+    let body = match axum::body::to_bytes(request.into_body(), limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            return protocol_error(
+                &broker,
+                ErrorCode::MessageTooLarge,
+                format!("body is over the limit of {limit} bytes"),
+            );
+        }
+    };
+    let request = match PublishRequest::from_json(&body) {
+        Ok(request) => request,
+        Err(error) => return protocol_error(&broker, error.code(), error.to_string()),
+    };
+    match broker.publish(request.topic, request.payload, Source::Http) {
+        Ok(published) => match published.offset {
+            Some(offset) => json_response(StatusCode::OK, format!("{{\"offset\":{offset}}}")),
+            None => json_response(StatusCode::ACCEPTED, "{}".to_owned()),
+        },
+        Err(error) => protocol_error(&broker, error.code(), error.to_string()),
+    }
+}

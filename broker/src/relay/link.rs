@@ -1,0 +1,201 @@
+//! What the classic and the sharded Redis relays share: the subscriptions a
+//! node holds in Redis, the wait while Redis is away, and the inbound path
+//! from a relayed message to local subscribers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use starling_protocol::Topic;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::registry::{Interest, TopicRegistry};
+use crate::relay::wire::{self, Names, Outbound, Subscription};
+
+/// How many relayed messages may wait for Redis before new ones are dropped.
+pub(crate) const RELAY_QUEUE: usize = 65_536;
+/// How many messages go to Redis in one pipeline.
+pub(crate) const RELAY_BATCH: usize = 512;
+/// How long one Redis operation may take before the link counts as down.
+pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Backoff before reconnect attempt `attempt`: 100 ms doubling to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A change to make to the node's Redis subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Subscribe: the first local filter behind it arrived.
+    Subscribe(Subscription),
+    /// Unsubscribe: the last local filter behind it left.
+    Unsubscribe(Subscription),
+}
+
+/// What this node is subscribed to in Redis, with how many local filters
+/// are behind each subscription (`a.>` and `a.*` share the glob `a.*`).
+#[derive(Debug, Default)]
+pub(crate) struct Wanted {
+    subscriptions: HashMap<Subscription, usize>,
+}
+
+impl Wanted {
+    /// Records an interest change; returns the Redis change it needs, if any.
+    pub(crate) fn apply(&mut self, names: &Names, interest: &Interest) -> Option<Change> {
+        match interest {
+            Interest::Watch(filter) => {
+                let subscription = names.subscription(filter);
+                let count = self.subscriptions.entry(subscription.clone()).or_insert(0);
+                *count += 1;
+                (*count == 1).then_some(Change::Subscribe(subscription))
+            }
+            Interest::Unwatch(filter) => {
+                let subscription = names.subscription(filter);
+                let count = self.subscriptions.get_mut(&subscription)?;
+                *count = count.saturating_sub(1);
+                if *count > 0 {
+                    return None;
+                }
+                self.subscriptions.remove(&subscription);
+                Some(Change::Unsubscribe(subscription))
+            }
+        }
+    }
+
+    /// Every subscription the node holds.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Subscription> {
+        self.subscriptions.keys()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.subscriptions.len()
+    }
+}
+
+/// Waiting out a backoff while Redis is unreachable.
+pub(crate) struct Offline<'a> {
+    pub(crate) pause: Duration,
+    pub(crate) wanted: &'a mut Wanted,
+    pub(crate) names: &'a Names,
+    pub(crate) metrics: &'a Metrics,
+}
+
+impl Offline<'_> {
+    /// Keeps track of interest changes meanwhile (and, when given the relay
+    /// queue, drops what waits to be relayed, counted as failed). Returns
+    /// false when the broker is gone.
+    pub(crate) async fn wait(
+        self,
+        interest: &mut mpsc::UnboundedReceiver<Interest>,
+        mut outbound: Option<(&mut mpsc::Receiver<Outbound>, &mut Vec<Outbound>)>,
+    ) -> bool {
+        let pause = tokio::time::sleep(self.pause);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => return true,
+                change = interest.recv() => match change {
+                    Some(change) => {
+                        self.wanted.apply(self.names, &change);
+                    }
+                    None => return false,
+                },
+                n = async {
+                    match outbound.as_mut() {
+                        Some((queue, batch)) => queue.recv_many(batch, RELAY_BATCH).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if n == 0 {
+                        return false;
+                    }
+                    if let Some((_, batch)) = outbound.as_mut() {
+                        self.metrics.relay_failed.inc_by(batch.len() as u64);
+                        batch.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Delivers what other nodes relay to this node's subscribers.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbound {
+    pub(crate) registry: Arc<TopicRegistry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) node: Arc<str>,
+    pub(crate) names: Names,
+}
+
+impl Inbound {
+    /// Delivers one relayed message, which came through the Redis glob
+    /// `glob` when it came through a pattern subscription.
+    pub(crate) fn receive(&self, bytes: &[u8], glob: Option<&str>) {
+        let Some(relayed) = wire::decode(bytes) else {
+            warn!("undecodable relay message");
+            return;
+        };
+        if relayed.origin == &*self.node {
+            return;
+        }
+        let (Ok(topic), Some(payload)) = (Topic::new(relayed.topic), relayed.payload()) else {
+            warn!(topic = relayed.topic, "invalid relay message");
+            return;
+        };
+        self.metrics.relayed_in.inc();
+        let latency = now_us().saturating_sub(relayed.sent_at_us);
+        self.metrics.relay_latency.observe(latency as f64 / 1e6);
+        let delivery = Delivery::new(topic, payload, None, relayed.origin.into());
+        // A message matching both a channel and a glob arrives once for each:
+        // a channel message goes to the topic's subscribers, a glob message to
+        // the patterns behind that glob, so each subscription gets it once.
+        match glob {
+            Some(glob) => {
+                let glob = self.names.topic_of(glob).unwrap_or_default();
+                self.registry
+                    .publish_to_patterns(delivery, |pattern| wire::relayed_through(pattern, glob));
+            }
+            None => {
+                self.registry.publish_to_topic(delivery);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_protocol::Filter;
+
+    #[test]
+    fn interest_is_counted_per_redis_subscription() {
+        let names = Names::new("st");
+        let mut wanted = Wanted::default();
+        let f = |s: &str| Filter::new(s).unwrap();
+        // `a.>` and `a.*` share the glob `a.*`: one Redis subscription.
+        assert!(wanted.apply(&names, &Interest::Watch(f("a.>"))).is_some());
+        assert!(wanted.apply(&names, &Interest::Watch(f("a.*"))).is_none());
+        assert!(wanted.apply(&names, &Interest::Unwatch(f("a.>"))).is_none());
+        assert_eq!(
+            wanted.apply(&names, &Interest::Unwatch(f("a.*"))),
+            Some(Change::Unsubscribe(Subscription::Glob("st:t:a.*".into())))
+        );
+        assert_eq!(wanted.len(), 0);
+        assert_eq!(
+            wanted.apply(&names, &Interest::Watch(f("a.b"))),
+            Some(Change::Subscribe(Subscription::Channel("st:t:a.b".into())))
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The single-node relay: delivery through the local registry, history in
+//! memory.
+
+use std::sync::Arc;
+
+use starling_protocol::{Filter, Payload, Topic};
+
+use crate::delivery::Delivery;
+use crate::history::{HistoryStore, Replay};
+use crate::registry::{DeliveryReceiver, TopicRegistry};
+use crate::relay::{Published, Relay};
+
+/// One node on its own.
+#[derive(Debug)]
+pub(crate) struct MemoryRelay {
+    registry: Arc<TopicRegistry>,
+    history: HistoryStore,
+    node: Arc<str>,
+}
+
+impl MemoryRelay {
+    pub(crate) fn new(registry: Arc<TopicRegistry>, history: HistoryStore, node: Arc<str>) -> Self {
+        MemoryRelay {
+            registry,
+            history,
+            node,
+        }
+    }
+}
+
+impl Relay for MemoryRelay {
+    fn publish(&self, topic: Topic, payload: Payload) -> Published {
+        let Some(history) = self.history.for_publish(&topic) else {
+            let delivery = Delivery::new(topic, payload, None, self.node.clone());
+            return Published {
+                offset: None,
+                subscribers: self.registry.publish(delivery),
+            };
+        };
+        // Offset, history and live delivery under the topic's lock: a
+        // subscriber with `since` gets each message exactly once.
+        let mut history = HistoryStore::lock(&history);
+        let offset = history.next_offset();
+        let delivery = Arc::new(Delivery::new(
+            topic,
+            payload,
+            Some(offset),
+            self.node.clone(),
+        ));
+        history.push(delivery.clone());
+        Published {
+            offset: Some(offset),
+            subscribers: self.registry.publish_shared(delivery),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        filter: &mut Filter,
+        since: Option<u64>,
+    ) -> (DeliveryReceiver, Option<Replay>) {
+        if let (Some(since), Some(topic)) = (since, filter.as_topic())
+            && let Some(history) = self.history.get(&topic)
+        {
+            let history = HistoryStore::lock(&history);
+            let rx = self.registry.subscribe_shared(filter);
+            return (rx, Some(history.replay(since)));
+        }
+        (self.registry.subscribe_shared(filter), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::HistoryPolicy;
+    use crate::metrics::Metrics;
+
+    fn relay(history: usize) -> MemoryRelay {
+        let registry = Arc::new(TopicRegistry::new(16, Arc::new(Metrics::new())));
+        let store = HistoryStore::new(HistoryPolicy::new(history, &[]), 10);
+        MemoryRelay::new(registry, store, "n1".into())
+    }
+
+    fn publish(relay: &MemoryRelay, topic: &str) -> Published {
+        relay.publish(Topic::new(topic).unwrap(), Payload::from_json("1").unwrap())
+    }
+
+    #[test]
+    fn publishes_reach_subscribers_with_offsets_when_history_is_kept() {
+        let relay = relay(2);
+        let mut filter = Filter::new("a.b").unwrap();
+        let (mut rx, replay) = relay.subscribe(&mut filter, None);
+        assert!(replay.is_none());
+        assert_eq!(
+            publish(&relay, "a.b"),
+            Published {
+                offset: Some(1),
+                subscribers: 1
+            }
+        );
+        assert_eq!(publish(&relay, "a.b").offset, Some(2));
+        let mut offsets = Vec::new();
+        rx.drain(10, |d| offsets.push(d.unwrap().offset));
+        assert_eq!(offsets, vec![Some(1), Some(2)]);
+        assert_eq!(publish(&relay, "$sys.x").offset, None);
+    }
+
+    #[test]
+    fn subscribe_with_since_replays_what_is_retained() {
+        let relay = relay(2);
+        for _ in 0..3 {
+            publish(&relay, "a.b");
+        }
+        let mut filter = Filter::new("a.b").unwrap();
+        let (_rx, replay) = relay.subscribe(&mut filter, Some(0));
+        let replay = replay.expect("a replay");
+        assert_eq!(replay.lost, 1);
+        let offsets: Vec<_> = replay.messages.iter().map(|d| d.offset).collect();
+        assert_eq!(offsets, vec![Some(2), Some(3)]);
+    }
+}

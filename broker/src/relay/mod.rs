@@ -1,0 +1,92 @@
+//! The relay: how a published message reaches every subscriber, on this
+//! node and on the others, and how a topic's history is kept.
+//!
+//! A [`Relay`] is the one door between publishing and delivery. Its contract,
+//! whatever the implementation:
+//!
+//! - **Publish and append are one step per topic.** When a topic keeps
+//!   history, giving a message its offset, retaining it and handing it to
+//!   subscribers happen under one lock (or one atomic script in a shared
+//!   store), so every subscriber sees a topic's messages in offset order.
+//! - **Subscribe with `since` is one step too**: the live receiver and the
+//!   replay are taken together, so a message is either replayed or delivered
+//!   live, never both and never neither.
+//! - **Interest**: a relay that spans nodes follows the registry's interest
+//!   (topics and patterns with local subscribers) and asks the other nodes
+//!   only for those.
+//!
+//! Implementations: [`memory`] (one node; history in memory) and [`redis`]
+//! (a cluster through Redis pub/sub, classic or sharded ([`sharded`]); the
+//! bytes between nodes are in [`wire`], what both Redis modes share in
+//! [`link`]).
+
+use std::fmt;
+
+use starling_protocol::{Filter, Payload, Topic};
+
+use crate::history::Replay;
+use crate::registry::DeliveryReceiver;
+
+pub(crate) mod link;
+pub(crate) mod memory;
+pub(crate) mod redis;
+pub(crate) mod sharded;
+pub(crate) mod wire;
+
+/// What a successful publish returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The offset the message got, when its topic keeps history.
+    pub offset: Option<u64>,
+    /// How many local subscriptions it reached.
+    pub subscribers: usize,
+}
+
+/// Why a relay could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The Redis URL does not parse.
+    #[error("invalid redis url: {0}")]
+    InvalidUrl(#[source] ::redis::RedisError),
+}
+
+/// The state of the link to the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// A single node: there is no link.
+    Local,
+    /// Connected to the other nodes.
+    Up,
+    /// Not connected: local clients are still served.
+    Down,
+}
+
+/// How published messages reach subscribers; see the module documentation
+/// for the contract every implementation keeps.
+pub(crate) trait Relay: Send + Sync + fmt::Debug {
+    /// Publishes `payload` on `topic`: gives it an offset and retains it when
+    /// the topic keeps history, delivers it to this node's subscribers and
+    /// sends it to the other nodes, as one step per topic.
+    fn publish(&self, topic: Topic, payload: Payload) -> Published;
+
+    /// Subscribes to `filter` (which becomes the registry's shared copy);
+    /// with `since` on a topic that keeps history, also returns what to
+    /// replay, taken together with the live receiver.
+    fn subscribe(
+        &self,
+        filter: &mut Filter,
+        since: Option<u64>,
+    ) -> (DeliveryReceiver, Option<Replay>);
+
+    /// Starts following interest and receiving from other nodes. Called once,
+    /// within the runtime, when the broker starts serving.
+    fn start(&self) {}
+
+    /// Stops receiving from and sending to the other nodes.
+    fn stop(&self) {}
+
+    /// The state of the link to the other nodes.
+    fn state(&self) -> LinkState {
+        LinkState::Local
+    }
+}

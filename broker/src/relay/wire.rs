@@ -1,0 +1,210 @@
+//! What nodes exchange through Redis: channel names and the relayed message.
+//!
+//! A topic's messages travel on the channel `<prefix>:t:<topic>`; a pattern
+//! subscription maps to a Redis glob over those channels. A relayed message
+//! is version, flags, send time, origin node, topic and payload, encoded once
+//! by its origin.
+
+use starling_protocol::{Filter, Payload, Topic};
+
+const VERSION: u8 = 1;
+const FLAG_JSON: u8 = 1;
+
+/// Redis channel names for topics and patterns.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    prefix: String,
+}
+
+/// What a node subscribes to in Redis for one topic or pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Subscription {
+    /// A topic's channel (`SUBSCRIBE`, `SSUBSCRIBE`).
+    Channel(String),
+    /// A glob over topic channels (`PSUBSCRIBE`), for a pattern.
+    Glob(String),
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Names {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The prefix of every channel name.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The channel of `topic`.
+    pub(crate) fn channel(&self, topic: &str) -> String {
+        format!("{}:t:{topic}", self.prefix)
+    }
+
+    /// The Redis subscription for a filter: a channel for a topic, a glob for
+    /// a pattern. Globs can match more than the pattern (`*` spans dots); the
+    /// receiving node filters exactly.
+    pub(crate) fn subscription(&self, filter: &Filter) -> Subscription {
+        if !filter.is_pattern() {
+            return Subscription::Channel(self.channel(filter.as_str()));
+        }
+        let glob: Vec<&str> = filter
+            .as_str()
+            .split('.')
+            .map(|token| if token == ">" { "*" } else { token })
+            .collect();
+        Subscription::Glob(self.channel(&glob.join(".")))
+    }
+
+    /// The topic (or the glob over topics) behind a channel name.
+    pub(crate) fn topic_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":t:")
+    }
+}
+
+/// Whether `pattern` is relayed through `glob` (as [`Names::subscription`]
+/// maps it, without the prefix): the same tokens, with `>` as `*`.
+pub(crate) fn relayed_through(pattern: &Filter, glob: &str) -> bool {
+    let mut globs = glob.split('.');
+    for token in pattern.as_str().split('.') {
+        let token = if token == ">" { "*" } else { token };
+        if globs.next() != Some(token) {
+            return false;
+        }
+    }
+    globs.next().is_none()
+}
+
+/// One message on its way to the other nodes.
+pub(crate) struct Outbound {
+    pub(crate) topic: Topic,
+    pub(crate) payload: Payload,
+    pub(crate) sent_at_us: u64,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// Encodes a relayed message from node `origin`.
+pub(crate) fn encode(origin: &str, out: &Outbound) -> Vec<u8> {
+    let (json, payload) = out.payload.to_relay();
+    let topic = out.topic.as_str().as_bytes();
+    let origin = &origin.as_bytes()[..origin.len().min(255)];
+    let mut buf = Vec::with_capacity(12 + origin.len() + topic.len() + payload.len());
+    buf.push(VERSION);
+    buf.push(if json { FLAG_JSON } else { 0 });
+    buf.extend_from_slice(&out.sent_at_us.to_be_bytes());
+    buf.push(origin.len() as u8);
+    buf.extend_from_slice(origin);
+    buf.push(topic.len() as u8);
+    buf.extend_from_slice(topic);
+    buf.extend_from_slice(&payload);
+    buf
+}
+
+/// A decoded relayed message.
+pub(crate) struct Relayed<'a> {
+    pub(crate) origin: &'a str,
+    pub(crate) sent_at_us: u64,
+    pub(crate) topic: &'a str,
+    json: bool,
+    payload: &'a [u8],
+}
+
+impl Relayed<'_> {
+    /// The payload, when it decodes.
+    pub(crate) fn payload(&self) -> Option<Payload> {
+        Payload::from_relay(self.json, self.payload).ok()
+    }
+}
+
+/// Decodes a relayed message; `None` when it is not one.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Relayed<'_>> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (&flags, rest) = rest.split_first()?;
+    let (sent, rest) = rest.split_at_checked(8)?;
+    let sent_at_us = u64::from_be_bytes(sent.try_into().ok()?);
+    let (&origin_len, rest) = rest.split_first()?;
+    let (origin, rest) = rest.split_at_checked(origin_len as usize)?;
+    let (&topic_len, rest) = rest.split_first()?;
+    let (topic, payload) = rest.split_at_checked(topic_len as usize)?;
+    Some(Relayed {
+        origin: std::str::from_utf8(origin).ok()?,
+        sent_at_us,
+        topic: std::str::from_utf8(topic).ok()?,
+        json: flags & FLAG_JSON != 0,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> Filter {
+        Filter::new(s).unwrap()
+    }
+
+    #[test]
+    fn patterns_map_to_globs() {
+        let names = Names::new("st");
+        assert_eq!(
+            names.subscription(&f("a.b")),
+            Subscription::Channel("st:t:a.b".into())
+        );
+        assert_eq!(
+            names.subscription(&f("a.*.c")),
+            Subscription::Glob("st:t:a.*.c".into())
+        );
+        assert_eq!(
+            names.subscription(&f("metrics.>")),
+            Subscription::Glob("st:t:metrics.*".into())
+        );
+        assert_eq!(names.topic_of("st:t:a.b"), Some("a.b"));
+        assert_eq!(names.topic_of("other:t:a.b"), None);
+    }
+
+    #[test]
+    fn a_pattern_is_relayed_through_its_own_glob_only() {
+        let names = Names::new("st");
+        for pattern in ["metrics.>", "metrics.*", "a.*.c", "*.b", ">"] {
+            let Subscription::Glob(glob) = names.subscription(&f(pattern)) else {
+                panic!("{pattern} maps to a glob");
+            };
+            let glob = names.topic_of(&glob).unwrap();
+            assert!(relayed_through(&f(pattern), glob), "{pattern} via {glob}");
+        }
+        assert!(!relayed_through(&f("metrics.*"), "metrics.*.x"));
+        assert!(!relayed_through(&f("metrics.*.x"), "metrics.*"));
+        assert!(!relayed_through(&f("a.*"), "b.*"));
+    }
+
+    #[test]
+    fn relay_messages_round_trip() {
+        let out = Outbound {
+            topic: Topic::new("chat.lobby").unwrap(),
+            payload: Payload::from_json(r#"{"text":"hi"}"#).unwrap(),
+            sent_at_us: 42,
+        };
+        let bytes = encode("n1", &out);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(
+            (back.origin, back.topic, back.sent_at_us),
+            ("n1", "chat.lobby", 42)
+        );
+        assert_eq!(back.payload().unwrap(), out.payload);
+        assert!(decode(&bytes[..5]).is_none());
+        assert!(decode(&[9, 0]).is_none());
+    }
+}
