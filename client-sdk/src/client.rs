@@ -474,6 +474,30 @@ impl Client {
     }
 }
 
+// `ConnectOptions::connect` lives here, next to what it starts, so that the
+// options do not depend on the client.
+impl ConnectOptions {
+    /// Connects to `url` (`ws://HOST:PORT/ws`) with these options: opens the
+    /// WebSocket, waits for the broker's `welcome` and starts the background
+    /// task. Fails within the connect timeout when the broker cannot be
+    /// reached; the first connection is not retried.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// let client = starling_client::ConnectOptions::new()
+    ///     .name("ingest")
+    ///     .connect("ws://127.0.0.1:7070/ws")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self, url: impl AsRef<str>) -> Result<Client> {
+        Client::connect_with(url.as_ref(), self).await
+    }
+}
+
 /// Serializes a value into a payload. JSON text is the common form: the
 /// protocol crate turns it into a MessagePack value for MessagePack frames.
 fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload> {
