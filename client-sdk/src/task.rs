@@ -22,13 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tracing::{debug, info, warn};
 
-use crate::client::{Command, Shared};
+use crate::command::{Command, Shared};
 use crate::connection::{self, Welcome, Ws};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::message::Message;
 use crate::options::OfflinePolicy;
 use crate::outbox::{Outbox, Outgoing, Pending, answer, fail};
-use crate::subscription::Message;
 use crate::table::{Answered, SubTable};
-use crate::{Error, Event, Result};
 
 /// Commands taken per turn before the task looks at its other work.
 const COMMAND_BUDGET: usize = 1024;
@@ -625,7 +626,7 @@ mod tests {
     async fn keepalive_pings_then_declares_silence_dead() {
         let (_tx, rx) = mpsc::unbounded_channel();
         let (events, _) = tokio::sync::broadcast::channel(4);
-        let shared = Arc::new(crate::client::Shared::for_tests(events));
+        let shared = Arc::new(crate::command::Shared::for_tests(events));
         let mut task = Task::new("ws://test/ws".into(), shared, rx);
         task.connected = true;
         let interval = Duration::from_secs(15);
