@@ -8,7 +8,7 @@ use starling_protocol::Envelope;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::{Liveness, Task};
+use super::state::{Liveness, Task};
 use crate::connection::{self, Welcome, Ws};
 use crate::error::Error;
 use crate::event::Event;
