@@ -1,84 +1,21 @@
 //! The [`Client`] handle and the commands it sends to the connection task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use starling_protocol::{Codec, Envelope, Filter, Payload, Topic};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::Instrument;
 
-use crate::connection::{self, Welcome};
+use crate::command::{Command, Shared, await_reply};
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::event::Events;
 use crate::options::{ConnectOptions, OfflinePolicy};
-use crate::subscription::{Message, Subscription};
+use crate::subscription::Subscription;
 use crate::task::Task;
-use crate::{Error, Event, Events, Result};
-
-/// What a [`Client`] or a [`Subscription`] asks of the connection task.
-///
-/// Publishes are bounded by the outbound semaphore (each holds one permit
-/// until it is written); every other command is bounded by its caller, who
-/// waits for the answer. So the channel itself can be unbounded, which lets
-/// `Subscription::drop` unsubscribe without awaiting.
-pub(crate) enum Command {
-    /// A fire-and-forget publish, already encoded (holds a permit).
-    Publish { message: WsMessage },
-    /// A publish with an `id`, already encoded (holds a permit).
-    PublishAck {
-        id: u64,
-        message: WsMessage,
-        reply: oneshot::Sender<Result<Option<u64>>>,
-    },
-    /// Attach a local subscription to `filter`, subscribing on the broker if
-    /// it is the first one.
-    Subscribe {
-        filter: Filter,
-        local_id: u64,
-        sender: mpsc::Sender<Message>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Detach a local subscription; unsubscribe on the broker if it was the
-    /// last one. `reply` is `None` when sent by `Drop`.
-    Unsubscribe {
-        filter: Filter,
-        local_id: u64,
-        reply: Option<oneshot::Sender<Result<()>>>,
-    },
-    /// Answer once everything queued before has been handled by the broker.
-    Flush { reply: oneshot::Sender<Result<()>> },
-    /// Flush, close with 1000 and stop.
-    Close { reply: oneshot::Sender<Result<()>> },
-}
-
-/// State shared by the handles and the connection task.
-pub(crate) struct Shared {
-    pub(crate) options: ConnectOptions,
-    next_id: AtomicU64,
-    pub(crate) connected: AtomicBool,
-    pub(crate) max_message_bytes: AtomicU64,
-    /// One permit per publish that may wait to be written.
-    pub(crate) outbound: Semaphore,
-    pub(crate) events: broadcast::Sender<Event>,
-}
-
-impl Shared {
-    /// A fresh id, for frames and for local subscriptions alike.
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn emit(&self, event: Event) {
-        // No observer is fine.
-        let _ = self.events.send(event);
-    }
-
-    pub(crate) fn apply_welcome(&self, welcome: &Welcome) {
-        self.max_message_bytes
-            .store(welcome.limits.max_message_bytes, Ordering::Relaxed);
-    }
-}
 
 /// A connection to a Starling broker.
 ///
@@ -138,15 +75,7 @@ impl Client {
     pub(crate) async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client> {
         let url = connection::normalize_url(url)?;
         let (ws, welcome) = connection::open(&url, &options).await?;
-        let (events, _) = broadcast::channel(options.event_capacity);
-        let shared = Arc::new(Shared {
-            outbound: Semaphore::new(options.outbound_capacity),
-            options,
-            next_id: AtomicU64::new(1),
-            connected: AtomicBool::new(true),
-            max_message_bytes: AtomicU64::new(welcome.limits.max_message_bytes),
-            events,
-        });
+        let shared = Arc::new(Shared::new(options, &welcome));
         let (commands, rx) = mpsc::unbounded_channel();
         let span = tracing::info_span!(
             "starling_client",
@@ -234,6 +163,8 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// [`Event::ServerError`]: crate::Event::ServerError
     pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
         let payload = to_payload(value)?;
         self.publish_payload(topic, payload).await
@@ -365,6 +296,8 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// [`Event`]: crate::Event
     pub fn events(&self) -> Events {
         Events::new(self.shared.events.subscribe())
     }
@@ -474,36 +407,32 @@ impl Client {
     }
 }
 
+// `ConnectOptions::connect` lives here, next to what it starts, so that the
+// options do not depend on the client.
+impl ConnectOptions {
+    /// Connects to `url` (`ws://HOST:PORT/ws`) with these options: opens the
+    /// WebSocket, waits for the broker's `welcome` and starts the background
+    /// task. Fails within the connect timeout when the broker cannot be
+    /// reached; the first connection is not retried.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// let client = starling_client::ConnectOptions::new()
+    ///     .name("ingest")
+    ///     .connect("ws://127.0.0.1:7070/ws")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self, url: impl AsRef<str>) -> Result<Client> {
+        Client::connect_with(url.as_ref(), self).await
+    }
+}
+
 /// Serializes a value into a payload. JSON text is the common form: the
 /// protocol crate turns it into a MessagePack value for MessagePack frames.
 fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload> {
     Payload::to_json_payload(value).map_err(|e| Error::Encode(e.to_string()))
-}
-
-/// Waits for the task's answer to a request, at most `timeout`.
-pub(crate) async fn await_reply<T>(
-    answer: oneshot::Receiver<Result<T>>,
-    timeout: Duration,
-) -> Result<T> {
-    match tokio::time::timeout(timeout, answer).await {
-        Err(_) => Err(Error::Timeout(timeout)),
-        Ok(Err(_)) => Err(Error::Closed),
-        Ok(Ok(result)) => result,
-    }
-}
-
-#[cfg(test)]
-impl Shared {
-    /// Shared state with the default options, for unit tests of the task.
-    pub(crate) fn for_tests(events: broadcast::Sender<Event>) -> Self {
-        let options = ConnectOptions::default();
-        Shared {
-            outbound: Semaphore::new(options.outbound_capacity),
-            options,
-            next_id: AtomicU64::new(1),
-            connected: AtomicBool::new(false),
-            max_message_bytes: AtomicU64::new(1024 * 1024),
-            events,
-        }
-    }
 }

@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri, header};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
-use crate::{Error, Result};
 
 /// The WebSocket of one connection.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -78,9 +78,11 @@
 #![warn(missing_docs)]
 
 mod client;
+mod command;
 mod connection;
 mod error;
 mod event;
+mod message;
 mod options;
 mod outbox;
 mod subscription;
@@ -90,10 +92,11 @@ mod task;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use event::{Event, Events};
+pub use message::Message;
 pub use options::{ConnectOptions, OfflinePolicy, ReconnectPolicy};
 pub use starling_protocol as protocol;
 pub use starling_protocol::{Codec, ErrorCode, Filter, Payload, Topic};
-pub use subscription::{Message, Subscription};
+pub use subscription::Subscription;
 
 /// Connects with the default options; the same as [`Client::connect`].
 ///

@@ -5,8 +5,6 @@ use std::time::Duration;
 use rand::Rng;
 use starling_protocol::Codec;
 
-use crate::{Client, Result};
-
 /// How the client reconnects after it lost its connection.
 ///
 /// The delay before attempt `n` (counting from 0) is drawn uniformly from
@@ -399,6 +397,8 @@ impl ConnectOptions {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// [`Client::events`]: crate::Client::events
     pub fn event_capacity(mut self, events: usize) -> Self {
         self.event_capacity = events.max(1);
         self
@@ -442,26 +442,6 @@ impl ConnectOptions {
     pub fn ping_timeout(mut self, timeout: Duration) -> Self {
         self.ping_timeout = timeout.max(Duration::from_millis(1));
         self
-    }
-
-    /// Connects to `url` (`ws://HOST:PORT/ws`) with these options: opens the
-    /// WebSocket, waits for the broker's `welcome` and starts the background
-    /// task. Fails within the connect timeout when the broker cannot be
-    /// reached; the first connection is not retried.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), starling_client::Error> {
-    /// let client = starling_client::ConnectOptions::new()
-    ///     .name("ingest")
-    ///     .connect("ws://127.0.0.1:7070/ws")
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn connect(self, url: impl AsRef<str>) -> Result<Client> {
-        Client::connect_with(url.as_ref(), self).await
     }
 }
 

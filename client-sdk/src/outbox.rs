@@ -10,7 +10,7 @@ use futures_util::Sink;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What a frame in flight waits for.
 pub(crate) enum Pending {

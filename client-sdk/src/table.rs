@@ -14,8 +14,8 @@ use std::sync::Arc;
 use starling_protocol::{ErrorCode, Filter};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::subscription::Message;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::message::Message;
 
 /// One local subscription.
 struct Local {

@@ -8,11 +8,12 @@ use starling_protocol::Envelope;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::{Liveness, Task};
+use super::state::{Liveness, Task};
 use crate::connection::{self, Welcome, Ws};
+use crate::error::Error;
+use crate::event::Event;
 use crate::options::{OfflinePolicy, backoff};
 use crate::outbox::{Pending, fail};
-use crate::{Error, Event};
 
 impl Task {
     pub(super) fn on_connected(&mut self, welcome: &Welcome, reconnect: bool) {

@@ -7,69 +7,36 @@
 //! publishes costs one write. Reading and writing are separate arms, so a
 //! socket that does not take data never stops the task from reading.
 
-use std::collections::HashSet;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use starling_protocol::{CloseCode, Codec, Envelope, ErrorCode, Filter};
-use tokio::sync::{mpsc, oneshot};
+use starling_protocol::{CloseCode, Codec, Envelope, ErrorCode};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tracing::{debug, info, warn};
 
-use crate::client::{Command, Shared};
-use crate::connection::{self, Welcome, Ws};
-use crate::options::OfflinePolicy;
-use crate::outbox::{Outbox, Outgoing, Pending, answer, fail};
-use crate::subscription::Message;
-use crate::table::{Answered, SubTable};
-use crate::{Error, Event, Result};
+use crate::connection::{Welcome, Ws};
+use crate::error::Error;
+use crate::event::Event;
+use crate::message::Message;
+use crate::outbox::{Pending, answer};
+use crate::table::Answered;
+
+mod commands;
+mod lifecycle;
+mod state;
+
+pub(crate) use state::Task;
 
 /// Commands taken per turn before the task looks at its other work.
 const COMMAND_BUDGET: usize = 1024;
 
 /// How long the close handshake may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-mod lifecycle;
-
-/// Keepalive bookkeeping for one connection.
-struct Liveness {
-    last_ping: Instant,
-    /// When the unanswered keepalive `ping` was queued.
-    outstanding: Option<Instant>,
-    last_heard: Instant,
-}
-
-impl Liveness {
-    fn new(now: Instant) -> Self {
-        Liveness {
-            last_ping: now,
-            outstanding: None,
-            last_heard: now,
-        }
-    }
-
-    fn deadline(&self, interval: Duration, timeout: Duration) -> Instant {
-        match self.outstanding {
-            Some(sent) => sent + timeout,
-            None => self.last_ping + interval,
-        }
-    }
-}
-
-/// `close` in progress.
-struct Closing {
-    replies: Vec<oneshot::Sender<Result<()>>>,
-    reason: &'static str,
-    deadline: Instant,
-    done: bool,
-}
 
 /// How one connection ended.
 enum Ended {
@@ -79,44 +46,7 @@ enum Ended {
     Lost { code: Option<u16>, reason: String },
 }
 
-/// The background task behind every handle of one client.
-pub(crate) struct Task {
-    url: String,
-    shared: Arc<Shared>,
-    codec: Codec,
-    commands: mpsc::UnboundedReceiver<Command>,
-    commands_open: bool,
-    table: SubTable,
-    out: Outbox,
-    connected: bool,
-    alive: Liveness,
-    closing: Option<Closing>,
-    /// Ids of the `subscribe` frames sent again after a reconnect; once all
-    /// are answered, `Reconnected` is emitted.
-    resubscribing: HashSet<u64>,
-}
-
 impl Task {
-    pub(crate) fn new(
-        url: String,
-        shared: Arc<Shared>,
-        commands: mpsc::UnboundedReceiver<Command>,
-    ) -> Self {
-        Task {
-            url,
-            codec: shared.options.codec,
-            shared,
-            commands,
-            commands_open: true,
-            table: SubTable::default(),
-            out: Outbox::default(),
-            connected: false,
-            alive: Liveness::new(Instant::now()),
-            closing: None,
-            resubscribing: HashSet::new(),
-        }
-    }
-
     /// Serves connections until the client is closed, every handle is
     /// dropped, or reconnecting is given up.
     pub(crate) async fn run(mut self, mut ws: Ws, mut welcome: Welcome) {
@@ -153,43 +83,6 @@ impl Task {
             }
         };
         self.finish(reason);
-    }
-
-    fn next_id(&self) -> u64 {
-        self.shared.next_id()
-    }
-
-    fn encode(&self, envelope: &Envelope) -> Option<WsMessage> {
-        match self.codec.encode(envelope) {
-            Ok(frame) => Some(connection::to_ws(frame)),
-            Err(error) => {
-                warn!(%error, frame = envelope.type_name(), "cannot encode frame");
-                None
-            }
-        }
-    }
-
-    /// Queues a frame with an id; what it waits for is resolved by the answer.
-    fn push_request(&mut self, envelope: &Envelope, id: u64, pending: Pending) {
-        match self.encode(envelope) {
-            Some(message) => self.out.queue.push_back(Outgoing {
-                message,
-                permit: false,
-                awaits: Some((id, pending)),
-            }),
-            None => fail(pending, || Error::Encode("cannot encode frame".into())),
-        }
-    }
-
-    fn push_ping(&mut self, pending: Pending) {
-        let id = self.next_id();
-        self.push_request(&Envelope::Ping { id: Some(id) }, id, pending);
-    }
-
-    fn release_permits(&self, n: usize) {
-        if n > 0 {
-            self.shared.outbound.add_permits(n);
-        }
     }
 
     /// Runs one connection until it ends.
@@ -466,166 +359,22 @@ impl Task {
             self.shared.emit(Event::Reconnected);
         }
     }
-
-    fn send_unsubscribe(&mut self, filter: Filter, reply: Option<oneshot::Sender<Result<()>>>) {
-        if !self.connected {
-            // The broker forgot it with the connection; it is not sent again.
-            answer(reply, Ok(()));
-            return;
-        }
-        debug!(topic = %filter, "unsubscribing");
-        let id = self.next_id();
-        self.push_request(
-            &Envelope::Unsubscribe {
-                id: Some(id),
-                topic: filter,
-            },
-            id,
-            Pending::Unsubscribe(reply),
-        );
-    }
-
-    fn on_command(&mut self, command: Command) {
-        if self.closing.is_some() {
-            self.reject(command);
-            return;
-        }
-        let can_queue = self.connected || self.shared.options.offline == OfflinePolicy::Queue;
-        match command {
-            Command::Publish { message } => {
-                if can_queue {
-                    self.out.queue.push_back(Outgoing {
-                        message,
-                        permit: true,
-                        awaits: None,
-                    });
-                } else {
-                    self.release_permits(1);
-                }
-            }
-            Command::PublishAck { id, message, reply } => {
-                if can_queue {
-                    self.out.queue.push_back(Outgoing {
-                        message,
-                        permit: true,
-                        awaits: Some((id, Pending::Publish(reply))),
-                    });
-                } else {
-                    self.release_permits(1);
-                    let _ = reply.send(Err(Error::Disconnected));
-                }
-            }
-            Command::Subscribe {
-                filter,
-                local_id,
-                sender,
-                reply,
-            } => self.subscribe(filter, local_id, sender, reply),
-            Command::Unsubscribe {
-                filter,
-                local_id,
-                reply,
-            } => match self.table.detach(filter.as_str(), local_id) {
-                Some(filter) => self.send_unsubscribe(filter, reply),
-                None => answer(reply, Ok(())),
-            },
-            Command::Flush { reply } => {
-                if can_queue {
-                    self.push_ping(Pending::Flush(reply));
-                } else {
-                    let _ = reply.send(Err(Error::Disconnected));
-                }
-            }
-            Command::Close { reply } => self.begin_close(Some(reply), "closed by the application"),
-        }
-    }
-
-    fn subscribe(
-        &mut self,
-        filter: Filter,
-        local_id: u64,
-        sender: mpsc::Sender<Message>,
-        reply: oneshot::Sender<Result<()>>,
-    ) {
-        let key = filter.as_arc().clone();
-        let first = self.table.attach(&filter, local_id, sender);
-        if first && self.connected {
-            debug!(topic = %filter, "subscribing");
-            let id = self.next_id();
-            self.table.set_pending(&key, id);
-            self.table.add_waiter(&key, local_id, reply);
-            self.push_request(
-                &Envelope::Subscribe {
-                    id: Some(id),
-                    topic: filter,
-                    since: None,
-                },
-                id,
-                Pending::Subscribe(key),
-            );
-        } else if self.table.is_pending(&key) {
-            self.table.add_waiter(&key, local_id, reply);
-        } else if reply.send(Ok(())).is_err()
-            && let Some(filter) = self.table.detach(&key, local_id)
-        {
-            self.send_unsubscribe(filter, None);
-        }
-    }
-
-    /// Answers a command that comes while the client is closing.
-    fn reject(&mut self, command: Command) {
-        match command {
-            Command::Publish { .. } => self.release_permits(1),
-            Command::PublishAck { reply, .. } => {
-                self.release_permits(1);
-                let _ = reply.send(Err(Error::Closed));
-            }
-            Command::Subscribe { reply, .. } => {
-                let _ = reply.send(Err(Error::Closed));
-            }
-            Command::Unsubscribe { reply, .. } => answer(reply, Ok(())),
-            Command::Flush { reply } => {
-                let _ = reply.send(Err(Error::Closed));
-            }
-            Command::Close { reply } => match &mut self.closing {
-                Some(closing) => closing.replies.push(reply),
-                None => {
-                    let _ = reply.send(Ok(()));
-                }
-            },
-        }
-    }
-
-    /// Starts closing: a `ping` behind everything queued, then (on its
-    /// `pong`, or after the request timeout) the close handshake with 1000.
-    fn begin_close(&mut self, reply: Option<oneshot::Sender<Result<()>>>, reason: &'static str) {
-        if self.closing.is_none() {
-            debug!(reason, "closing");
-            self.closing = Some(Closing {
-                replies: Vec::new(),
-                reason,
-                deadline: Instant::now() + self.shared.options.request_timeout,
-                done: !self.connected,
-            });
-            if self.connected {
-                self.push_ping(Pending::Closing);
-            }
-        }
-        if let (Some(closing), Some(reply)) = (&mut self.closing, reply) {
-            closing.replies.push(reply);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::state::Liveness;
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn keepalive_pings_then_declares_silence_dead() {
         let (_tx, rx) = mpsc::unbounded_channel();
         let (events, _) = tokio::sync::broadcast::channel(4);
-        let shared = Arc::new(crate::client::Shared::for_tests(events));
+        let shared = Arc::new(crate::command::Shared::for_tests(events));
         let mut task = Task::new("ws://test/ws".into(), shared, rx);
         task.connected = true;
         let interval = Duration::from_secs(15);
