@@ -229,6 +229,48 @@ impl Filter {
         (!self.wildcard).then(|| Topic(self.name.clone()))
     }
 
+    /// Whether every topic that `inner` matches, this filter matches too:
+    /// a subscription to `inner` asks for nothing outside this filter.
+    /// A topic is covered by itself and by every pattern that matches it;
+    /// `chat.>` covers `chat.*` and `chat.room1`, `chat.*` does not cover
+    /// `chat.>`, and a wildcard first token (`>`, `*.x`) covers no `$` topic.
+    ///
+    /// ```
+    /// use starling_protocol::Filter;
+    /// let f = |s: &str| Filter::new(s).unwrap();
+    /// assert!(f("chat.>").covers(&f("chat.*")));
+    /// assert!(f("chat.>").covers(&f("chat.room1.messages")));
+    /// assert!(f("rooms.*.messages").covers(&f("rooms.42.messages")));
+    /// assert!(!f("chat.*").covers(&f("chat.>")));
+    /// assert!(!f(">").covers(&f("$sys.stats")));
+    /// ```
+    pub fn covers(&self, inner: &Filter) -> bool {
+        let mut outer_tokens = self.name.split('.');
+        let mut inner_tokens = inner.name.split('.');
+        let mut first = true;
+        loop {
+            match (outer_tokens.next(), inner_tokens.next()) {
+                // The rest of `inner` is one or more tokens, whatever they are.
+                (Some(">"), Some(token)) => return !(first && token.starts_with('$')),
+                (Some(_), None) | (None, Some(_)) => return false,
+                (None, None) => return true,
+                // `inner` goes on with any tokens; only `>` takes them all.
+                (Some(_), Some(">")) => return false,
+                (Some("*"), Some(token)) => {
+                    if first && token.starts_with('$') {
+                        return false;
+                    }
+                }
+                (Some(literal), Some(token)) => {
+                    if literal != token {
+                        return false;
+                    }
+                }
+            }
+            first = false;
+        }
+    }
+
     /// Whether `topic` is matched by this filter.
     ///
     /// As in MQTT, a filter whose first token is a wildcard does not match
@@ -304,6 +346,56 @@ impl<'de> Deserialize<'de> for Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_follows_the_permission_table() {
+        let f = |s: &str| Filter::new(s).unwrap();
+        // (filter, subscription, covered)
+        let table = [
+            ("chat.>", "chat.>", true),
+            ("chat.>", "chat.*", true),
+            ("chat.>", "chat.room1", true),
+            ("chat.>", "chat.room1.typing", true),
+            ("chat.>", "chat.*.typing", true),
+            ("chat.>", "chat", false),
+            ("chat.>", "chatter.x", false),
+            ("chat.>", ">", false),
+            ("chat.>", "*.room1", false),
+            ("chat.*", "chat.room1", true),
+            ("chat.*", "chat.*", true),
+            ("chat.*", "chat.>", false),
+            ("chat.*", "chat.room1.typing", false),
+            ("chat.*", "chat", false),
+            ("rooms.*.messages", "rooms.42.messages", true),
+            ("rooms.*.messages", "rooms.*.messages", true),
+            ("rooms.*.messages", "rooms.42.>", false),
+            ("rooms.*.messages", "rooms.42.typing", false),
+            ("$sys.stats", "$sys.stats", true),
+            ("$sys.stats", "$sys.*", false),
+            ("$sys.>", "$sys.stats", true),
+            (">", "anything.at.all", true),
+            (">", "*", true),
+            (">", "*.x", true),
+            (">", ">", true),
+            (">", "$sys.stats", false),
+            (">", "$sys.>", false),
+            ("*.stats", "$sys.stats", false),
+            ("*", "a", true),
+            ("*", "*", true),
+            ("*", ">", false),
+            ("a.b", "a.b", true),
+            ("a.b", "a.c", false),
+            ("a.b", "a.*", false),
+            ("a.b.c", "a.b", false),
+        ];
+        for (filter, inner, covered) in table {
+            assert_eq!(
+                f(filter).covers(&f(inner)),
+                covered,
+                "{filter} covers {inner}"
+            );
+        }
+    }
 
     #[test]
     fn valid_topics() {
