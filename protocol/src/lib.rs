@@ -29,6 +29,7 @@ pub const MAX_DEPTH: usize = 64;
 
 mod codes;
 mod envelope;
+pub mod framing;
 pub mod http;
 mod payload;
 mod topic;
