@@ -40,14 +40,14 @@ use anyhow::{Context, Result, anyhow};
 use futures_util::{StreamExt, stream};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use starling_protocol::framing::{Header, opcode};
 use starling_protocol::{Codec, Envelope, Limits};
 use tokio_tungstenite::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::publisher::Progress;
 use crate::scan::{self, Scan};
 use crate::stats::{SubscriberStats, Tally, Window, now_ns};
-use crate::wire::{self, Header, Masks};
+use crate::wire::{self, Broken, Masks};
 use crate::ws::{self, Ws};
 
 /// After the publishers stop, how long to wait at most for deliveries.
@@ -378,7 +378,7 @@ enum End {
     /// It received a close frame (and answered it if it had not sent one).
     Closed,
     /// It broke: end of stream without a close frame, or an error.
-    Broken(WsError),
+    Broken(Broken),
 }
 
 impl Conn {
@@ -401,11 +401,11 @@ impl Conn {
         counter: &mut Counter,
         masks: &mut Masks,
         now: u64,
-    ) -> Result<bool, WsError> {
+    ) -> Result<bool, Broken> {
         match header.opcode {
-            wire::OP_TEXT | wire::OP_BINARY => {
+            opcode::TEXT | opcode::BINARY => {
                 if self.message.is_some() {
-                    return Err(wire::expected_fragment(header.opcode));
+                    return Err(wire::expected_fragment(header.opcode).into());
                 }
                 if !header.fin {
                     self.message = Some(payload.to_vec());
@@ -413,9 +413,9 @@ impl Conn {
                     counter.data(payload, now);
                 }
             }
-            wire::OP_CONTINUE => {
+            opcode::CONTINUATION => {
                 let Some(message) = self.message.as_mut() else {
-                    return Err(wire::unexpected_continue());
+                    return Err(wire::unexpected_continue().into());
                 };
                 message.extend_from_slice(payload);
                 if header.fin {
@@ -426,10 +426,10 @@ impl Conn {
                 }
             }
             // No pong after our close.
-            wire::OP_PING if !self.closing => {
-                self.send(&wire::masked_control(wire::OP_PONG, payload, masks.next()))?;
+            opcode::PING if !self.closing => {
+                self.send(&wire::masked_control(opcode::PONG, payload, masks.next()))?;
             }
-            wire::OP_CLOSE => {
+            opcode::CLOSE => {
                 let code = wire::close_code(payload)?;
                 if !self.closing {
                     counter
@@ -438,7 +438,7 @@ impl Conn {
                         .add(code.map_or_else(|| "no code".to_owned(), |c| c.to_string()));
                     // The answer is a courtesy: the connection ends either way.
                     let reply = wire::close_reply(code);
-                    let _ = self.send(&wire::masked_control(wire::OP_CLOSE, &reply, masks.next()));
+                    let _ = self.send(&wire::masked_control(opcode::CLOSE, &reply, masks.next()));
                 }
                 return Ok(true);
             }
@@ -604,7 +604,7 @@ impl Reader {
                 && let Some(conn) = self.conns[i].as_mut()
                 && let Err(e) = conn.flush()
             {
-                self.end(i, End::Broken(WsError::Io(e)));
+                self.end(i, End::Broken(e.into()));
             }
         }
         Ok(sockets)
@@ -651,7 +651,7 @@ impl Reader {
             }
             let room = buffer.len() - filled;
             match conn.stream.read(&mut buffer[filled..]) {
-                Ok(0) => break Some(End::Broken(wire::reset_without_close())),
+                Ok(0) => break Some(End::Broken(wire::reset_without_close().into())),
                 Ok(n) => {
                     filled += n;
                     // The frames of this read were received now.
@@ -678,7 +678,7 @@ impl Reader {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(End::Broken(WsError::Io(e))),
+                Err(e) => break Some(End::Broken(e.into())),
             }
         };
         match end {
@@ -697,7 +697,7 @@ impl Reader {
         match (conn.closing, end) {
             // The broker's close is counted in `closes`.
             (false, End::Closed) => {}
-            (false, End::Broken(e)) => self.counter.stats.disconnects.add(ws::failure(&e)),
+            (false, End::Broken(e)) => self.counter.stats.disconnects.add(e.failure()),
             (true, End::Closed) => self.closed_cleanly += 1,
             (true, End::Broken(_)) => self.close_timeouts += 1,
         }
@@ -711,9 +711,9 @@ impl Reader {
                 continue;
             };
             conn.closing = true;
-            let frame = wire::masked_control(wire::OP_CLOSE, &payload, self.masks.next());
+            let frame = wire::masked_control(opcode::CLOSE, &payload, self.masks.next());
             if let Err(e) = conn.send(&frame) {
-                self.end(i, End::Broken(WsError::Io(e)));
+                self.end(i, End::Broken(e.into()));
             }
         }
     }
@@ -736,17 +736,16 @@ fn frames(
     counter: &mut Counter,
     masks: &mut Masks,
     now: u64,
-) -> Result<Parsed, WsError> {
+) -> Result<Parsed, Broken> {
     let mut at = 0;
     loop {
         let rest = &bytes[at..];
-        let Some(header) = wire::parse_header(rest)? else {
+        let Some((header, len)) = wire::parse_header(rest)? else {
             return Ok(Parsed::Partial {
                 used: at,
                 frame_len: 0,
             });
         };
-        let len = header.frame_len();
         if rest.len() < len {
             return Ok(Parsed::Partial {
                 used: at,
@@ -763,9 +762,8 @@ fn frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
+    use starling_protocol::framing::{self, FIN};
     use std::net::{TcpListener, TcpStream as StdStream};
-    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
     /// A reader with one connection, and the server's end of it.
     fn pair(codec: Codec) -> (Reader, StdStream, Arc<Progress>) {
@@ -814,19 +812,9 @@ mod tests {
 
     /// An unmasked server frame.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![u8::from(fin) << 7 | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(n as u8),
-            n @ 126..=0xffff => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(payload);
+        let head = if fin { FIN | opcode } else { opcode };
+        let mut out = Vec::new();
+        framing::write_frame_raw(&mut out, head, payload, None);
         out
     }
 
@@ -844,18 +832,14 @@ mod tests {
         let mut bytes = Vec::new();
         let mut byte = [0u8];
         loop {
-            let mut cursor = Cursor::new(&bytes);
-            if let Some((header, len)) = FrameHeader::parse(&mut cursor).unwrap() {
-                let at = cursor.position() as usize;
-                if bytes.len() == at + len as usize {
-                    let mask = header.mask.expect("a client masks its frames");
-                    let payload = bytes[at..]
-                        .iter()
-                        .zip(mask.iter().cycle())
-                        .map(|(b, m)| b ^ m)
-                        .collect();
-                    return (u8::from(header.opcode), payload);
-                }
+            if let Some(header) = Header::parse(&bytes).unwrap()
+                && bytes.len() as u64 == header.frame_len()
+            {
+                header.check(framing::Role::Server).unwrap();
+                let mask = header.mask.expect("a client masks its frames");
+                let mut payload = bytes[header.header_len..].to_vec();
+                framing::apply_mask(&mut payload, mask);
+                return (header.opcode, payload);
             }
             server.read_exact(&mut byte).unwrap();
             bytes.push(byte[0]);
@@ -869,7 +853,7 @@ mod tests {
         let mut stream = Vec::new();
         // 7-, 16- and 64-bit lengths.
         for pad in [10, 300, 70_000, 20] {
-            stream.extend(frame(true, wire::OP_TEXT, &delivery(sent, pad)));
+            stream.extend(frame(true, opcode::TEXT, &delivery(sent, pad)));
         }
         // Written and read in small pieces: frames and headers span reads.
         let mut events = Events::with_capacity(16);
@@ -896,15 +880,15 @@ mod tests {
         let message = delivery(now_ns(), 100);
         let (a, rest) = message.split_at(30);
         let (b, c) = rest.split_at(50);
-        let mut stream = frame(false, wire::OP_TEXT, a);
-        stream.extend(frame(true, wire::OP_PING, b"are you there"));
-        stream.extend(frame(false, wire::OP_CONTINUE, b));
-        stream.extend(frame(true, wire::OP_CONTINUE, c));
+        let mut stream = frame(false, opcode::TEXT, a);
+        stream.extend(frame(true, opcode::PING, b"are you there"));
+        stream.extend(frame(false, opcode::CONTINUATION, b));
+        stream.extend(frame(true, opcode::CONTINUATION, c));
         server.write_all(&stream).unwrap();
         turn_until(&mut reader, |r| r.counter.stats.received_total == 1);
         assert_eq!(
             client_frame(&mut server),
-            (wire::OP_PONG, b"are you there".to_vec())
+            (opcode::PONG, b"are you there".to_vec())
         );
         assert_eq!(reader.counter.stats.received, 1);
         assert_eq!(progress.delivered_count(), 1);
@@ -922,7 +906,7 @@ mod tests {
         ];
         for f in frames {
             server
-                .write_all(&frame(true, wire::OP_TEXT, f.as_bytes()))
+                .write_all(&frame(true, opcode::TEXT, f.as_bytes()))
                 .unwrap();
         }
         turn_until(&mut reader, |r| r.counter.stats.undecodable == 1);
@@ -938,15 +922,12 @@ mod tests {
         server
             .write_all(&frame(
                 true,
-                wire::OP_CLOSE,
+                opcode::CLOSE,
                 &wire::close_payload(4000, "idle"),
             ))
             .unwrap();
         turn_until(&mut reader, |r| r.open == 0);
-        assert_eq!(
-            client_frame(&mut server),
-            (wire::OP_CLOSE, vec![0x0f, 0xa0])
-        );
+        assert_eq!(client_frame(&mut server), (opcode::CLOSE, vec![0x0f, 0xa0]));
         assert_eq!(reader.counter.stats.closes.to_string(), "4000: 1");
         assert!(reader.counter.stats.disconnects.is_empty());
         assert_eq!((reader.closed_cleanly, reader.close_timeouts), (0, 0));
@@ -957,14 +938,14 @@ mod tests {
         let (mut reader, mut server, _) = pair(Codec::Json);
         reader.close_all();
         let (opcode, payload) = client_frame(&mut server);
-        assert_eq!(opcode, wire::OP_CLOSE);
+        assert_eq!(opcode, opcode::CLOSE);
         assert_eq!(payload, wire::close_payload(1000, "bench done"));
         // A late delivery, then the answer.
         server
-            .write_all(&frame(true, wire::OP_TEXT, &delivery(now_ns(), 1)))
+            .write_all(&frame(true, opcode::TEXT, &delivery(now_ns(), 1)))
             .unwrap();
         server
-            .write_all(&frame(true, wire::OP_CLOSE, &1000u16.to_be_bytes()))
+            .write_all(&frame(true, opcode::CLOSE, &1000u16.to_be_bytes()))
             .unwrap();
         turn_until(&mut reader, |r| r.open == 0);
         assert_eq!((reader.closed_cleanly, reader.close_timeouts), (1, 0));
@@ -990,7 +971,7 @@ mod tests {
         turn_until(&mut reader, |r| r.open == 0);
         assert_eq!(
             reader.counter.stats.disconnects.to_string(),
-            "protocol: Received a masked frame from server: 1"
+            "protocol: server frames must not be masked: 1"
         );
     }
 
@@ -1014,7 +995,7 @@ mod tests {
             })
             .unwrap();
         server
-            .write_all(&frame(true, wire::OP_BINARY, message.as_bytes()))
+            .write_all(&frame(true, opcode::BINARY, message.as_bytes()))
             .unwrap();
         turn_until(&mut reader, |r| r.counter.stats.received_total == 1);
         assert_eq!(reader.counter.stats.received, 1);

@@ -1,106 +1,78 @@
-//! The WebSocket framing (RFC 6455, section 5) the subscribers' read loop
-//! needs once a connection is set up: frame headers from the server, parsed
-//! in place, and the masked control frames a client sends (pong, close).
-//!
-//! Errors are tungstenite's, so that a broken connection is reported with
-//! the same reason as when tungstenite read it.
+//! The bench's glue to the shared WebSocket framing
+//! ([`starling_protocol::framing`]) for the subscribers' read loop: server
+//! frame headers checked as a client checks them, the masked control frames
+//! a client sends (pong, close), masking keys, and the reasons a broken
+//! connection is reported with.
 
+use std::io;
+
+use starling_protocol::CloseCode;
+use starling_protocol::framing::{self, FIN, Header, MAX_CONTROL_PAYLOAD, Role, Violation};
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 
-pub(crate) const OP_CONTINUE: u8 = 0x0;
-pub(crate) const OP_TEXT: u8 = 0x1;
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xa;
+use crate::ws;
 
-/// The largest payload of a control frame.
-const MAX_CONTROL_PAYLOAD: usize = 125;
-/// The largest frame this parser accepts (a 64-bit length must not have its
-/// top bit set, and the whole frame must be addressable).
-const MAX_FRAME: u64 = (isize::MAX as u64) - 16;
-
-/// The header of a frame from a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Header {
-    /// The last frame of its message.
-    pub(crate) fin: bool,
-    pub(crate) opcode: u8,
-    /// Bytes of the header: 2, 4 or 10 (a server does not mask).
-    pub(crate) header_len: usize,
-    pub(crate) payload_len: usize,
+/// Why the read loop gave up on a connection.
+#[derive(Debug)]
+pub(crate) enum Broken {
+    /// A socket error, or a frame sequence tungstenite refuses as well
+    /// (reported with tungstenite's words).
+    Ws(WsError),
+    /// A frame header that breaks RFC 6455 for a client.
+    Frame(Violation),
 }
 
-impl Header {
-    /// Bytes of the whole frame, header and payload.
-    pub(crate) fn frame_len(&self) -> usize {
-        self.header_len + self.payload_len
+impl Broken {
+    /// The short, groupable reason the report tallies.
+    pub(crate) fn failure(&self) -> String {
+        match self {
+            Broken::Ws(e) => ws::failure(e),
+            Broken::Frame(v) => format!("protocol: {}", v.reason),
+        }
     }
 }
 
-/// Parses the header of the server frame at the start of `bytes`: `Ok(None)`
-/// while `bytes` does not hold all of it. Refuses what tungstenite refuses
-/// from a server: reserved bits, a mask, unknown opcodes, fragmented or
+impl From<WsError> for Broken {
+    fn from(e: WsError) -> Self {
+        Broken::Ws(e)
+    }
+}
+
+impl From<io::Error> for Broken {
+    fn from(e: io::Error) -> Self {
+        Broken::Ws(WsError::Io(e))
+    }
+}
+
+impl From<Violation> for Broken {
+    fn from(v: Violation) -> Self {
+        Broken::Frame(v)
+    }
+}
+
+/// Parses and checks the header of the server frame at the start of
+/// `bytes`, with the length of the whole frame: `Ok(None)` while `bytes`
+/// does not hold all of the header. Refuses what a client must refuse
+/// ([`Header::check`]): reserved bits and opcodes, a mask, fragmented or
 /// oversized control frames.
-pub(crate) fn parse_header(bytes: &[u8]) -> Result<Option<Header>, WsError> {
-    let [first, second, ..] = *bytes else {
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<Option<(Header, usize)>, Violation> {
+    let Some(header) = Header::parse(bytes)? else {
         return Ok(None);
     };
-    if first & 0x70 != 0 {
-        return Err(ProtocolError::NonZeroReservedBits.into());
-    }
-    if second & 0x80 != 0 {
-        return Err(ProtocolError::MaskedFrameFromServer.into());
-    }
-    let fin = first & 0x80 != 0;
-    let opcode = first & 0x0f;
-    let (header_len, len) = match second & 0x7f {
-        126 => match bytes.get(2..4) {
-            Some(&[a, b]) => (4, u64::from(u16::from_be_bytes([a, b]))),
-            _ => return Ok(None),
-        },
-        127 => match bytes.get(2..10) {
-            Some(b) => (
-                10,
-                u64::from_be_bytes(b.try_into().expect("a slice of 8 bytes")),
-            ),
-            None => return Ok(None),
-        },
-        n => (2, u64::from(n)),
-    };
-    match opcode {
-        OP_CONTINUE | OP_TEXT | OP_BINARY => {}
-        OP_CLOSE | OP_PING | OP_PONG => {
-            if !fin {
-                return Err(ProtocolError::FragmentedControlFrame.into());
-            }
-            if len > MAX_CONTROL_PAYLOAD as u64 {
-                return Err(ProtocolError::ControlFrameTooBig.into());
-            }
-        }
-        0x3..=0x7 => return Err(ProtocolError::UnknownDataFrameType(opcode).into()),
-        _ => return Err(ProtocolError::UnknownControlFrameType(opcode).into()),
-    }
-    if len > MAX_FRAME {
-        return Err(WsError::Capacity(CapacityError::MessageTooLong {
-            size: usize::try_from(len).unwrap_or(usize::MAX),
-            max_size: MAX_FRAME as usize,
-        }));
-    }
-    Ok(Some(Header {
-        fin,
-        opcode,
-        header_len,
-        payload_len: len as usize,
-    }))
+    header.check(Role::Client)?;
+    let len = usize::try_from(header.frame_len()).map_err(|_| Violation {
+        code: CloseCode::TooBig,
+        reason: format!("a frame of {} bytes is not addressable", header.frame_len()),
+    })?;
+    Ok(Some((header, len)))
 }
 
 /// The error for a data frame that starts a message while another is still
 /// being reassembled.
 pub(crate) fn expected_fragment(opcode: u8) -> WsError {
-    let data = if opcode == OP_TEXT {
+    let data = if opcode == framing::opcode::TEXT {
         Data::Text
     } else {
         Data::Binary
@@ -133,8 +105,8 @@ pub(crate) fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
 pub(crate) fn close_reply(code: Option<u16>) -> Vec<u8> {
     match code {
         None => Vec::new(),
-        Some(code) if CloseCode::from(code).is_allowed() => code.to_be_bytes().to_vec(),
-        Some(_) => u16::from(CloseCode::Protocol).to_be_bytes().to_vec(),
+        Some(code) if framing::close_code_allowed(code) => code.to_be_bytes().to_vec(),
+        Some(_) => CloseCode::Protocol.code().to_be_bytes().to_vec(),
     }
 }
 
@@ -151,10 +123,7 @@ pub(crate) fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 pub(crate) fn masked_control(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
     let mut frame = Vec::with_capacity(6 + payload.len());
-    frame.push(0x80 | opcode);
-    frame.push(0x80 | payload.len() as u8);
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    framing::write_masked(&mut frame, FIN | opcode, payload, mask);
     frame
 }
 
@@ -178,13 +147,18 @@ impl Masks {
     }
 }
 
+/// The shared framing checked against tungstenite, which the bench uses
+/// for its handshakes: both must read and write the same bytes.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+    use starling_protocol::framing::{Kind, opcode};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+        CloseCode as WsCloseCode, Control, OpCode,
+    };
     use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
-    fn header(bytes: &[u8]) -> Header {
+    fn header(bytes: &[u8]) -> (Header, usize) {
         parse_header(bytes).unwrap().unwrap()
     }
 
@@ -195,6 +169,20 @@ mod tests {
         frame.header_mut().mask = None;
         frame.format(&mut out).unwrap();
         out
+    }
+
+    /// Every frame in `bytes`, as tungstenite reads them.
+    fn tungstenite_frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let mut frames = Vec::new();
+        while let Some((header, len)) = FrameHeader::parse(&mut cursor).unwrap() {
+            let at = cursor.position() as usize;
+            let payload = bytes[at..at + len as usize].to_vec();
+            cursor.set_position((at + len as usize) as u64);
+            frames.push(Frame::from_payload(header, payload.into()));
+        }
+        assert_eq!(cursor.position() as usize, bytes.len());
+        frames
     }
 
     #[test]
@@ -208,17 +196,19 @@ mod tests {
             (1 << 20, 10),
         ] {
             let bytes = tungstenite_frame(&vec![b'x'; len], OpCode::Data(Data::Text), true);
-            let h = header(&bytes);
+            let (h, frame_len) = header(&bytes);
             assert_eq!(
                 h,
                 Header {
                     fin: true,
-                    opcode: OP_TEXT,
+                    rsv: 0,
+                    opcode: opcode::TEXT,
+                    mask: None,
                     header_len,
-                    payload_len: len
+                    payload_len: len as u64,
                 }
             );
-            assert_eq!(h.frame_len(), bytes.len());
+            assert_eq!(frame_len, bytes.len());
             // Every shorter prefix of the header asks for more bytes.
             for cut in 0..header_len {
                 assert_eq!(
@@ -233,13 +223,13 @@ mod tests {
     #[test]
     fn agrees_with_tungstenite_on_opcodes_and_fin() {
         for (opcode, code) in [
-            (OpCode::Data(Data::Continue), OP_CONTINUE),
-            (OpCode::Data(Data::Text), OP_TEXT),
-            (OpCode::Data(Data::Binary), OP_BINARY),
+            (OpCode::Data(Data::Continue), opcode::CONTINUATION),
+            (OpCode::Data(Data::Text), opcode::TEXT),
+            (OpCode::Data(Data::Binary), opcode::BINARY),
         ] {
             for fin in [true, false] {
                 let bytes = tungstenite_frame(b"abc", opcode, fin);
-                let h = header(&bytes);
+                let (h, _) = header(&bytes);
                 assert_eq!((h.opcode, h.fin, h.payload_len), (code, fin, 3));
                 let mut cursor = std::io::Cursor::new(&bytes);
                 let (theirs, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
@@ -254,19 +244,34 @@ mod tests {
         let mut frame = Frame::ping(b"hi".to_vec());
         frame.header_mut().mask = None;
         frame.format(&mut ping).unwrap();
-        assert_eq!(header(&ping).opcode, OP_PING);
+        assert_eq!(header(&ping).0.opcode, opcode::PING);
     }
 
     #[test]
     fn refuses_what_a_server_must_not_send() {
-        let refused = |bytes: &[u8]| parse_header(bytes).unwrap_err().to_string();
-        assert!(refused(&[0x81 | 0x40, 0]).contains("Reserved bits"));
-        assert!(refused(&[0x81, 0x80, 1, 2, 3, 4]).contains("masked"));
-        assert!(refused(&[0x09, 0]).contains("Fragmented control frame"));
-        assert!(refused(&[0x89, 126, 0, 126]).contains("Control frame too big"));
-        assert!(refused(&[0x83, 0]).contains("Unknown data frame type"));
-        assert!(refused(&[0x8b, 0]).contains("Unknown control frame type"));
-        assert!(refused(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]).contains("Message too long"));
+        let refused = |bytes: &[u8]| Broken::from(parse_header(bytes).unwrap_err()).failure();
+        assert_eq!(
+            refused(&[0x81 | 0x40, 0]),
+            "protocol: reserved bits are set"
+        );
+        assert_eq!(
+            refused(&[0x81, 0x80, 1, 2, 3, 4]),
+            "protocol: server frames must not be masked"
+        );
+        assert_eq!(
+            refused(&[0x09, 0]),
+            "protocol: control frames must not be fragmented"
+        );
+        assert_eq!(
+            refused(&[0x89, 126, 0, 126]),
+            "protocol: control frames carry at most 125 bytes"
+        );
+        assert_eq!(refused(&[0x83, 0]), "protocol: reserved opcode 3");
+        assert_eq!(refused(&[0x8b, 0]), "protocol: reserved opcode 11");
+        assert_eq!(
+            refused(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+            "protocol: frame length has its most significant bit set"
+        );
     }
 
     #[test]
@@ -282,9 +287,20 @@ mod tests {
     }
 
     #[test]
+    fn allowed_close_codes_are_tungstenites() {
+        for code in 0..=u16::MAX {
+            assert_eq!(
+                framing::close_code_allowed(code),
+                WsCloseCode::from(code).is_allowed(),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
     fn masked_control_frames_unmask_to_their_payload() {
         let mask = Masks::new(42).next();
-        let frame = masked_control(OP_PONG, b"ping data", mask);
+        let frame = masked_control(opcode::PONG, b"ping data", mask);
         assert_eq!(frame[0], 0x8a);
         assert_eq!(frame[1], 0x80 | 9);
         assert_eq!(&frame[2..6], &mask);
@@ -299,16 +315,59 @@ mod tests {
         let (h, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
         assert_eq!(
             (h.opcode, h.is_final, h.mask, len),
-            (
-                OpCode::Control(
-                    tokio_tungstenite::tungstenite::protocol::frame::coding::Control::Pong
-                ),
-                true,
-                Some(mask),
-                9
-            )
+            (OpCode::Control(Control::Pong), true, Some(mask), 9)
         );
-        assert_eq!(masked_control(OP_CLOSE, &[0; 200], mask).len(), 6 + 125);
+        assert_eq!(
+            masked_control(opcode::CLOSE, &[0; 200], mask).len(),
+            6 + 125
+        );
+    }
+
+    #[test]
+    fn server_frames_round_trip_through_tungstenite() {
+        let mut out = Vec::new();
+        framing::write_message(&mut out, Kind::Text, b"hi");
+        framing::write_message(&mut out, Kind::Binary, &[7; 300]);
+        framing::write_message(&mut out, Kind::Binary, &[8; 70_000]);
+        framing::write_close(&mut out, 4008, &"é".repeat(100));
+        framing::write_control(&mut out, true, b"p");
+        let frames = tungstenite_frames(&out);
+        assert_eq!(frames.len(), 5);
+        assert_eq!(frames[0].payload(), b"hi");
+        assert_eq!(frames[0].header().opcode, OpCode::Data(Data::Text));
+        assert_eq!(frames[1].payload().len(), 300);
+        assert_eq!(frames[2].payload().len(), 70_000);
+        assert!(frames.iter().all(|f| f.header().is_final));
+        assert!(frames.iter().all(|f| f.header().mask.is_none()));
+        assert!(frames[3].payload().len() <= 125);
+        assert_eq!(&frames[3].payload()[..2], &4008u16.to_be_bytes());
+        assert!(std::str::from_utf8(&frames[3].payload()[2..]).is_ok());
+        assert_eq!(frames[4].header().opcode, OpCode::Control(Control::Pong));
+    }
+
+    #[test]
+    fn client_frames_round_trip_through_tungstenite() {
+        let mut out = Vec::new();
+        let mut masks = Masks::new(7);
+        let keys = [masks.next(), masks.next()];
+        framing::write_masked(&mut out, FIN | opcode::TEXT, b"hello", keys[0]);
+        framing::write_masked(&mut out, opcode::BINARY, &[3; 70_000], keys[1]);
+        let frames = tungstenite_frames(&out);
+        assert_eq!(frames.len(), 2);
+        let payloads: Vec<Vec<u8>> = frames
+            .iter()
+            .zip(keys)
+            .map(|(frame, key)| {
+                assert_eq!(frame.header().mask, Some(key));
+                let mut payload = frame.payload().to_vec();
+                framing::apply_mask(&mut payload, key);
+                payload
+            })
+            .collect();
+        assert_eq!(payloads[0], b"hello");
+        assert!(frames[0].header().is_final);
+        assert!(!frames[1].header().is_final);
+        assert_eq!(payloads[1], vec![3; 70_000]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub const MAX_DEPTH: usize = 64;
 mod codes;
 mod envelope;
 mod error;
+pub mod framing;
 pub mod http;
 mod payload;
 mod topic;

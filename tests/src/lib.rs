@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use starling_broker::{Config, RunningBroker};
+use starling_protocol::framing::{self, FIN, Header, opcode};
 use starling_protocol::{Codec, Envelope, Filter, Frame, Payload, Topic};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -680,28 +681,15 @@ impl RawWs {
         self.write_raw(&frame).await;
     }
 
-    /// The bytes of one frame, as [`RawWs::send_frame`] writes it.
+    /// The masking key of the frames [`RawWs`] sends masked.
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// The bytes of one frame, as [`RawWs::send_frame`] writes it: `head`
+    /// exactly as given, the shortest length form, and the payload masked
+    /// with a fixed key when `masked`.
     pub fn frame(head: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        let mask_bit = if masked { 0x80 } else { 0 };
-        let mut frame = vec![head];
-        match payload.len() {
-            n if n < 126 => frame.push(mask_bit | n as u8),
-            n if n <= u16::MAX as usize => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            let key = [0x37, 0xfa, 0x21, 0x3d];
-            frame.extend_from_slice(&key);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
+        let mut frame = Vec::new();
+        framing::write_frame_raw(&mut frame, head, payload, masked.then_some(RawWs::MASK));
         frame
     }
 
@@ -734,7 +722,13 @@ impl RawWs {
                 // Answer it, as a well-behaved client does (errors do not matter here).
                 let _ = tokio::time::timeout(WAIT, async {
                     use tokio::io::AsyncWriteExt;
-                    let reply = [0x88, 0x82, 0, 0, 0, 0, frame.payload[0], frame.payload[1]];
+                    let mut reply = Vec::new();
+                    framing::write_masked(
+                        &mut reply,
+                        FIN | opcode::CLOSE,
+                        &frame.payload[..2],
+                        [0; 4],
+                    );
                     self.tcp.write_all(&reply).await
                 })
                 .await;
@@ -745,42 +739,78 @@ impl RawWs {
     }
 }
 
-/// Parses one unmasked or masked frame from the front of `buf`.
+/// Parses one unmasked or masked frame from the front of `buf`, whatever
+/// its first byte holds; `None` while it is incomplete. Fails the test on a
+/// header that cannot be read (a 64-bit length with its top bit set).
 fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let masked = buf[1] & 0x80 != 0;
-    let (len, mut at) = match buf[1] & 0x7f {
-        126 => (
-            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
-    let key = if masked {
-        let key: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
-        at += 4;
-        Some(key)
-    } else {
-        None
-    };
-    let mut payload = buf.get(at..at + len)?.to_vec();
-    if let Some(key) = key {
-        payload
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b ^= key[i % 4]);
+    let header = Header::parse(buf).unwrap_or_else(|v| panic!("unreadable frame header: {v}"))?;
+    let end = usize::try_from(header.frame_len()).ok()?;
+    let mut payload = buf.get(header.header_len..end)?.to_vec();
+    if let Some(mask) = header.mask {
+        framing::apply_mask(&mut payload, mask);
     }
     Some((
         RawFrame {
-            head: buf[0],
+            head: header.head(),
             payload,
         },
-        at + len,
+        end,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_frames_are_written_byte_for_byte() {
+        // RFC 6455, 5.7: "Hello", unmasked and masked with the fixed key.
+        assert_eq!(
+            RawWs::frame(0x81, b"Hello", false),
+            [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
+        );
+        assert_eq!(
+            RawWs::frame(0x81, b"Hello", true),
+            [
+                0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58
+            ]
+        );
+        // The first byte as given, even when it breaks the rules.
+        assert_eq!(
+            RawWs::frame(0xc3, b"", true),
+            [0xc3, 0x80, 0x37, 0xfa, 0x21, 0x3d]
+        );
+        // 16- and 64-bit lengths.
+        let frame = RawWs::frame(0x02, &[0; 65_535], true);
+        assert_eq!(
+            &frame[..8],
+            [0x02, 0xfe, 0xff, 0xff, 0x37, 0xfa, 0x21, 0x3d]
+        );
+        assert_eq!(frame.len(), 8 + 65_535);
+        let frame = RawWs::frame(0x82, &[0; 65_536], false);
+        assert_eq!(&frame[..10], [0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(frame.len(), 10 + 65_536);
+    }
+
+    #[test]
+    fn frames_parse_back_whole_or_not_at_all() {
+        for masked in [false, true] {
+            let mut wire = RawWs::frame(0x41, b"abc", masked);
+            wire.extend(RawWs::frame(0x88, &[0x03, 0xe8], masked));
+            let (first, used) = parse_frame(&wire).unwrap();
+            assert_eq!(
+                first,
+                RawFrame {
+                    head: 0x41,
+                    payload: b"abc".to_vec()
+                }
+            );
+            let (close, rest) = parse_frame(&wire[used..]).unwrap();
+            assert_eq!((close.opcode(), close.payload), (8, vec![0x03, 0xe8]));
+            assert_eq!(used + rest, wire.len());
+            for cut in 0..used {
+                assert_eq!(parse_frame(&wire[..cut]), None, "cut at {cut}");
+            }
+        }
+    }
 }
