@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use starling_protocol::{Codec, Envelope, Filter, Frame, Payload, Topic};
 
-use crate::ws::{self, Kind};
+use starling_protocol::framing::{self, Kind};
 
 /// A message as it travels through a topic's broadcast channel.
 ///
@@ -86,8 +86,8 @@ impl Delivery {
 /// the two meet.
 pub(crate) fn write_protocol_frame(out: &mut Vec<u8>, frame: &Frame) {
     match frame {
-        Frame::Text(text) => ws::write_message(out, Kind::Text, text.as_bytes()),
-        Frame::Binary(bytes) => ws::write_message(out, Kind::Binary, bytes),
+        Frame::Text(text) => framing::write_message(out, Kind::Text, text.as_bytes()),
+        Frame::Binary(bytes) => framing::write_message(out, Kind::Binary, bytes),
     }
 }
 

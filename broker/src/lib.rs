@@ -35,7 +35,6 @@
 //! | `registry` | topics and patterns with subscribers; the node's interest |
 //! | `delivery` | one message, encoded at most once per codec as a complete frame |
 //! | `ring` | a topic's unread messages; receivers with positions |
-//! | `ws` | RFC 6455 framing, server side |
 //! | `config`, `metrics`, `rate`, `sync` | settings, Prometheus metrics, the inbound rate limit, poison-free locks |
 #![warn(missing_docs)]
 
@@ -56,7 +55,6 @@ mod relay;
 mod ring;
 mod stats;
 mod sync;
-mod ws;
 
 pub use broker::{Broker, PublishError};
 pub use config::{Config, LogFormat, SlowConsumerPolicy};

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::connection::exit::Exit;
 use crate::connection::outbox::Outbox;
-use crate::ws;
+use starling_protocol::framing;
 
 /// When the peer was last heard from and pinged, and since when the
 /// outbound buffer has been full.
@@ -80,7 +80,7 @@ impl Keepalive {
         if !ping.is_zero() && now >= self.last_ping + ping {
             self.last_ping = now;
             if now >= self.last_seen + ping {
-                ws::write_control(&mut out.buf, false, &[]);
+                framing::write_control(&mut out.buf, false, &[]);
             }
         }
         None

@@ -40,7 +40,7 @@ use crate::broker::{Admission, Broker};
 use crate::connection::exit::Exit;
 use crate::connection::keepalive::Keepalive;
 use crate::connection::session::Session;
-use crate::ws::{self, Event, FrameReader};
+use starling_protocol::framing::{self, Event, FrameReader};
 
 mod exit;
 mod keepalive;
@@ -281,7 +281,7 @@ impl Connection {
                     // Its backlog is what made it slow: the close frame goes first.
                     self.session.out.discard_unsent();
                 }
-                ws::write_close(&mut self.session.out.buf, code.code(), &why);
+                framing::write_close(&mut self.session.out.buf, code.code(), &why);
                 let deadline = if code == CloseCode::GoingAway {
                     self.session.broker.config().shutdown_timeout()
                 } else {

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 
-use crate::ws;
+use starling_protocol::framing;
 
 /// What an empty outbound buffer is given when deliveries start to arrive.
 pub(crate) const OUT_INITIAL: usize = 4096;
@@ -65,7 +65,7 @@ impl Outbox {
     /// Drops the written frames at the front, once they are many.
     fn compact(&mut self) {
         if self.sent >= COMPACT_AFTER {
-            let (cut, _) = ws::frame_boundaries(&self.buf, self.sent);
+            let (cut, _) = framing::frame_boundaries(&self.buf, self.sent);
             self.buf.drain(..cut);
             self.sent -= cut;
         }
@@ -74,7 +74,7 @@ impl Outbox {
     /// Forgets every frame not started yet; a frame partly written is kept,
     /// so the stream stays well formed.
     pub(crate) fn discard_unsent(&mut self) {
-        let (_, end) = ws::frame_boundaries(&self.buf, self.sent);
+        let (_, end) = framing::frame_boundaries(&self.buf, self.sent);
         self.buf.truncate(end);
     }
 }
@@ -82,13 +82,13 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::Kind;
+    use starling_protocol::framing::Kind;
 
     #[test]
     fn discarding_keeps_a_partly_written_frame() {
         let mut out = Outbox::default();
-        ws::write_message(&mut out.buf, Kind::Text, b"first");
-        ws::write_message(&mut out.buf, Kind::Text, b"second");
+        framing::write_message(&mut out.buf, Kind::Text, b"first");
+        framing::write_message(&mut out.buf, Kind::Text, b"second");
         out.sent = 3;
         out.discard_unsent();
         assert_eq!(out.buf.len(), 7, "the first frame stays whole");

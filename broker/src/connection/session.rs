@@ -18,7 +18,7 @@ use crate::delivery::write_protocol_frame;
 use crate::history::Replay;
 use crate::metrics::Source;
 use crate::rate::{RateLimiter, Verdict};
-use crate::ws::{self, Event, Kind};
+use starling_protocol::framing::{self, Event, Kind};
 
 /// The state of one connection, apart from its socket, read buffer and
 /// timers. Dropping it removes the connection's subscriptions from the
@@ -100,14 +100,14 @@ impl Session {
         match event {
             Event::Message(kind, data) => self.on_message(kind, data),
             Event::Ping(data) => {
-                ws::write_control(&mut self.out.buf, true, data);
+                framing::write_control(&mut self.out.buf, true, data);
                 ControlFlow::Continue(())
             }
             Event::Pong => ControlFlow::Continue(()),
             Event::Close(code) => {
                 // Echo the peer's code (RFC 6455, 5.5.1); the answer goes out
                 // before the connection ends.
-                ws::write_close(&mut self.out.buf, code.unwrap_or(1000), "");
+                framing::write_close(&mut self.out.buf, code.unwrap_or(1000), "");
                 ControlFlow::Break(Exit::PeerClosed)
             }
         }
