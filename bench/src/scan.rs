@@ -237,6 +237,7 @@ mod tests {
             payload,
             offset,
             sub: None,
+            from: None,
         };
         codec.encode(&envelope).unwrap().as_bytes().to_vec()
     }
@@ -307,6 +308,7 @@ mod tests {
                 payload: bench_payload(codec),
                 offset: Some(99),
                 sub: Some(Filter::new("t.*").unwrap()),
+                from: None,
             };
             let frame = codec.encode(&envelope).unwrap();
             assert_eq!(scan(codec, frame.as_bytes()), Scan::Message(Some(T)));

@@ -992,6 +992,7 @@ mod tests {
                 payload,
                 offset: None,
                 sub: None,
+                from: None,
             })
             .unwrap();
         server

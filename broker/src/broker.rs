@@ -9,9 +9,11 @@ use starling_protocol::{ErrorCode, Filter, Limits, Payload, Topic};
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::auth::{AuthConfigError, Verifier};
 use crate::config::Config;
 use crate::history::{HistoryPolicy, HistoryStore, Replay};
 use crate::metrics::{Metrics, Source};
+use crate::origin::{OriginPolicy, OriginRuleError};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::memory::MemoryRelay;
 use crate::relay::redis::RedisRelay;
@@ -34,6 +36,20 @@ impl PublishError {
     }
 }
 
+/// Why a broker cannot start with its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The cluster settings are wrong.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The authentication settings are wrong.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// An `--allowed-origin` rule does not parse.
+    #[error(transparent)]
+    Origin(#[from] OriginRuleError),
+}
+
 /// A connection's id, unique within a node's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConnId(pub(crate) u64);
@@ -51,6 +67,9 @@ struct Shared {
     limits: Limits,
     registry: Arc<TopicRegistry>,
     relay: Box<dyn Relay>,
+    /// Verifies clients' tokens; `None` when auth is off.
+    verifier: Option<Verifier>,
+    origins: OriginPolicy,
     metrics: Arc<Metrics>,
     /// Wakes the connection tasks when shutdown begins.
     shutdown_notify: Notify,
@@ -67,10 +86,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with this configuration. Fails only when the Redis URL of a
-    /// cluster does not parse; Redis itself is not contacted until the
-    /// broker serves.
-    pub fn new(config: Config) -> Result<Self, ClusterError> {
+    /// A broker with this configuration. Fails when a setting is wrong (a
+    /// Redis URL that does not parse, an unreadable key, a bad origin
+    /// rule); Redis itself is not contacted until the broker serves.
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let verifier = Verifier::from_config(&config)?;
+        let origins = OriginPolicy::new(&config.allowed_origins)?;
         let metrics = Arc::new(Metrics::new());
         let node_id: Arc<str> = match &config.node_id {
             Some(id) => id.as_str().into(),
@@ -110,6 +131,8 @@ impl Broker {
                 limits: config.limits(),
                 registry,
                 relay,
+                verifier,
+                origins,
                 metrics,
                 shutdown_notify: Notify::new(),
                 shutting_down: AtomicBool::new(false),
@@ -133,6 +156,16 @@ impl Broker {
     /// The limits announced in `welcome`.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// The token verifier, when auth is on.
+    pub(crate) fn verifier(&self) -> Option<&Verifier> {
+        self.shared.verifier.as_ref()
+    }
+
+    /// The origins WebSocket handshakes are accepted from.
+    pub(crate) fn origins(&self) -> &OriginPolicy {
+        &self.shared.origins
     }
 
     /// The topics and patterns with subscribers on this node.
@@ -159,6 +192,21 @@ impl Broker {
         Ok(self.publish_unchecked(topic, payload, source))
     }
 
+    /// Publishes for a client whose token's `sub` is `from` (the messages
+    /// carry it). Reserved (`$`) topics are refused.
+    pub(crate) fn publish_from(
+        &self,
+        topic: Topic,
+        payload: Payload,
+        from: Arc<str>,
+    ) -> Result<Published, PublishError> {
+        if topic.is_reserved() {
+            return Err(PublishError::Reserved(topic));
+        }
+        self.shared.metrics.published(Source::WebSocket);
+        Ok(self.shared.relay.publish(topic, payload, Some(from)))
+    }
+
     /// Publishes without the reserved-topic check: for the broker's own topics.
     pub(crate) fn publish_unchecked(
         &self,
@@ -167,7 +215,7 @@ impl Broker {
         source: Source,
     ) -> Published {
         self.shared.metrics.published(source);
-        self.shared.relay.publish(topic, payload)
+        self.shared.relay.publish(topic, payload, None)
     }
 
     /// Subscribes to `filter` (which becomes the registry's shared copy);

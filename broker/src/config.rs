@@ -1,7 +1,10 @@
 //! Broker configuration: every setting is a command-line flag and an
 //! environment variable.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -23,6 +26,38 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+/// A secret setting (a JWT secret, an API key): kept out of logs and
+/// `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
 }
 
 /// The broker's settings.
@@ -142,6 +177,38 @@ pub struct Config {
     #[arg(long, env = "STARLING_REDIS_SHARDED", requires = "redis_url")]
     pub redis_sharded: bool,
 
+    /// Turns authentication on with HS256 tokens signed with this secret.
+    #[arg(
+        long,
+        env = "STARLING_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// Turns authentication on with RS256 or ES256 tokens, verified with
+    /// this PEM public key (RSA or EC P-256).
+    #[arg(long, env = "STARLING_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Clock-skew leeway for a token's `exp` and `nbf`, in seconds.
+    #[arg(long, env = "STARLING_JWT_LEEWAY_S", default_value_t = 5)]
+    pub jwt_leeway_s: u64,
+
+    /// Web origins (besides the broker's own) whose pages may open a
+    /// WebSocket: `https://app.example.com`, `https://*.example.com`, or `*`
+    /// for any. Repeat the flag, or separate with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "STARLING_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Every `/api/...` request must carry `Authorization: Bearer KEY`.
+    #[arg(long, env = "STARLING_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+
     /// Log format.
     #[arg(long, env = "STARLING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -208,6 +275,11 @@ impl Config {
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Whether clients must present a token.
+    pub fn auth_enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Delivery {
     pub(crate) sub: Option<Filter>,
     /// The node it was published on.
     pub(crate) origin: Arc<str>,
+    /// The publisher's identity, when auth is on.
+    pub(crate) from: Option<Arc<str>>,
     encoded: [OnceLock<Option<Box<[u8]>>>; 2],
 }
 
@@ -36,8 +38,15 @@ impl Delivery {
             offset,
             sub: None,
             origin,
+            from: None,
             encoded: Default::default(),
         }
+    }
+
+    /// The same delivery, published by `from` (a token's `sub`).
+    pub(crate) fn with_from(mut self, from: Option<Arc<str>>) -> Self {
+        self.from = from;
+        self
     }
 
     /// The same message, as delivered through the pattern subscription `sub`.
@@ -48,6 +57,7 @@ impl Delivery {
             offset: self.offset,
             sub: Some(sub),
             origin: self.origin.clone(),
+            from: self.from.clone(),
             encoded: Default::default(),
         }
     }
@@ -65,6 +75,7 @@ impl Delivery {
                 payload: self.payload.clone(),
                 offset: self.offset,
                 sub: self.sub.clone(),
+                from: self.from.clone(),
             };
             match codec.encode(&envelope) {
                 Ok(frame) => {

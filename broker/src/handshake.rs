@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::debug;
 
+use crate::auth::Auth;
 use crate::broker::{Admission, Broker};
 use crate::connection::{ConnCtx, run_connection};
 
@@ -59,6 +60,8 @@ pub(crate) enum Refusal {
     MissingKey,
     /// Subprotocols offered, none of them Starling's.
     Subprotocol(String),
+    /// A page of a web origin the broker does not allow.
+    ForbiddenOrigin(String),
     /// The broker is at its connection limit.
     TooManyConnections,
     /// The broker is shutting down.
@@ -73,6 +76,7 @@ impl Refusal {
                 HttpErrorCode::NotWebsocket
             }
             Refusal::Subprotocol(_) => HttpErrorCode::UnsupportedSubprotocol,
+            Refusal::ForbiddenOrigin(_) => HttpErrorCode::ForbiddenOrigin,
             Refusal::TooManyConnections => HttpErrorCode::TooManyConnections,
             Refusal::ShuttingDown => HttpErrorCode::ShuttingDown,
         }
@@ -96,6 +100,9 @@ impl Refusal {
             Refusal::UnsupportedVersion => "unsupported WebSocket version; use 13".to_owned(),
             Refusal::MissingKey => "missing Sec-WebSocket-Key".to_owned(),
             Refusal::Subprotocol(why) => why.clone(),
+            Refusal::ForbiddenOrigin(origin) => format!(
+                "pages of {origin} may not connect; the broker allows its own origin and those of --allowed-origin"
+            ),
             Refusal::TooManyConnections => "the broker is at its connection limit".to_owned(),
             Refusal::ShuttingDown => {
                 "the broker is shutting down; connect to another node".to_owned()
@@ -148,12 +155,17 @@ pub(crate) struct Admitted {
     /// The `Sec-WebSocket-Accept` value.
     accept: String,
     peer: SocketAddr,
+    auth: Auth,
 }
 
-/// Checks an upgrade request and takes a connection slot for it.
+/// Checks an upgrade request (`query` is its URI's query string) and takes a
+/// connection slot for it. The token, when auth is on, is checked here too;
+/// a bad one does not refuse the upgrade (the connection is closed with
+/// 1008 once it is a WebSocket, so that a browser can tell why).
 pub(crate) fn admit(
     broker: &Broker,
     method: &Method,
+    query: Option<&str>,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<Admitted, Refusal> {
@@ -173,6 +185,13 @@ pub(crate) fn admit(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(Refusal::MissingKey);
     };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !broker.origins().allows(&origin, host, false) {
+            return Err(Refusal::ForbiddenOrigin(origin.into_owned()));
+        }
+    }
     let offers = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -187,6 +206,10 @@ pub(crate) fn admit(
             Refusal::TooManyConnections
         });
     };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let auth = Auth::check(broker.verifier(), query, authorization);
     Ok(Admitted {
         broker: broker.clone(),
         admission,
@@ -194,6 +217,7 @@ pub(crate) fn admit(
         echo_subprotocol,
         accept: derive_accept_key(key.as_bytes()),
         peer,
+        auth,
     })
 }
 
@@ -248,6 +272,7 @@ impl Admitted {
             admission: self.admission,
             codec: self.codec,
             peer: self.peer,
+            auth: self.auth,
         };
         // A task of its own, holding only what the connection needs.
         tokio::spawn(run_connection(tcp, early, ctx));
@@ -287,16 +312,20 @@ fn head_partial(buf: &[u8]) -> bool {
     )
 }
 
-/// A complete `GET /ws` (any query) HTTP/1.1 request head: its headers and
-/// its length. `None` for anything else, which goes to hyper.
-fn parse_upgrade(head: &[u8]) -> Option<(HeaderMap, usize)> {
+/// A complete `GET /ws` (any query) HTTP/1.1 request head: its headers, its
+/// query string and its length. `None` for anything else, which goes to
+/// hyper.
+fn parse_upgrade(head: &[u8]) -> Option<(HeaderMap, Option<&str>, usize)> {
     let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut parsed);
     let httparse::Status::Complete(head_len) = request.parse(head).ok()? else {
         return None;
     };
-    let path = request.path?;
-    if request.method? != "GET" || request.version? != 1 || path.split('?').next()? != "/ws" {
+    let (path, query) = match request.path?.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (request.path?, None),
+    };
+    if request.method? != "GET" || request.version? != 1 || path != "/ws" {
         return None;
     }
     let mut headers = HeaderMap::with_capacity(request.headers.len());
@@ -306,7 +335,7 @@ fn parse_upgrade(head: &[u8]) -> Option<(HeaderMap, usize)> {
             HeaderValue::from_bytes(header.value).ok()?,
         );
     }
-    Some((headers, head_len))
+    Some((headers, query, head_len))
 }
 
 /// Serves the first request of a connection when it is a `GET /ws`: admits
@@ -318,10 +347,11 @@ pub(crate) async fn serve_first_request(
     peer: SocketAddr,
     broker: &Broker,
 ) -> Option<(TcpStream, Vec<u8>)> {
-    let Some((headers, head_len)) = parse_upgrade(&head) else {
+    let Some((headers, query, head_len)) = parse_upgrade(&head) else {
         return Some((tcp, head));
     };
-    match admit(broker, &Method::GET, &headers, peer) {
+    let admitted = admit(broker, &Method::GET, query, &headers, peer);
+    match admitted {
         Ok(admitted) => {
             if let Err(error) = tcp.write_all(&admitted.http1()).await {
                 debug!(%peer, %error, "peer gone during the handshake");
@@ -353,16 +383,16 @@ mod tests {
     }
 
     fn admit_head(broker: &Broker, head: &str) -> Result<Admitted, Refusal> {
-        let (headers, _) = parse_upgrade(head.as_bytes()).expect("a GET /ws head");
-        admit(broker, &Method::GET, &headers, peer())
+        let (headers, query, _) = parse_upgrade(head.as_bytes()).expect("a GET /ws head");
+        admit(broker, &Method::GET, query, &headers, peer())
     }
 
     #[test]
     fn a_get_of_ws_is_taken_here_with_its_head_length() {
         let mut head = UPGRADE.as_bytes().to_vec();
         head.extend_from_slice(b"\x81\x80early");
-        let (_, len) = parse_upgrade(&head).expect("taken here");
-        assert_eq!(len, UPGRADE.len());
+        let (_, query, len) = parse_upgrade(&head).expect("taken here");
+        assert_eq!((query, len), (Some("x=1"), UPGRADE.len()));
     }
 
     #[test]

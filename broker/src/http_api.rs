@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hyper::upgrade::Parts;
 use hyper_util::rt::TokioIo;
 use starling_protocol::http::{ErrorBody, Health, PublishRequest};
 use starling_protocol::{ErrorCode, HttpErrorCode};
+use subtle::ConstantTimeEq;
 use tracing::{debug, warn};
 
 use crate::assets;
@@ -87,7 +88,9 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let admitted = match handshake::admit(&broker, request.method(), request.headers(), peer) {
+    let query = request.uri().query();
+    let admitted = match handshake::admit(&broker, request.method(), query, request.headers(), peer)
+    {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(&refusal),
     };
@@ -157,8 +160,63 @@ async fn metrics(State(broker): State<Broker>) -> Response {
         .into_response()
 }
 
+/// The refusal of an `/api/...` request, if it is refused: with `--api-key`,
+/// it must carry `Authorization: Bearer KEY` (compared in constant time);
+/// with JWT auth on and no API key, every request is refused.
+fn api_refusal(broker: &Broker, headers: &HeaderMap) -> Option<Response> {
+    let config = broker.config();
+    let refuse = |message: &str| {
+        broker.metrics().error(ErrorCode::Unauthorized);
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            ErrorBody::new(ErrorCode::Unauthorized, message),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(response)
+    };
+    let Some(key) = &config.api_key else {
+        if config.auth_enabled() {
+            return refuse("the HTTP API is closed: JWT auth is on and no --api-key is set");
+        }
+        return None;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        None => refuse("missing Authorization: Bearer with the API key"),
+        Some(token) if bool::from(token.as_bytes().ct_eq(key.expose().as_bytes())) => None,
+        Some(_) => refuse("wrong API key"),
+    }
+}
+
+/// Whether the request's body is declared `application/json` (any
+/// parameters, such as a charset, allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// `POST /api/publish`: publish from a backend without a WebSocket.
 async fn publish(State(broker): State<Broker>, request: Request) -> Response {
+    if let Some(refused) = api_refusal(&broker, request.headers()) {
+        return refused;
+    }
+    if !is_json(request.headers()) {
+        // A cross-site form or `no-cors` fetch cannot send this type.
+        return http_error(
+            HttpErrorCode::UnsupportedMediaType,
+            "the body must be Content-Type: application/json",
+        );
+    }
     let limit = broker.config().max_message_bytes;
     let body = match axum::body::to_bytes(request.into_body(), limit).await {
         Ok(body) => body,

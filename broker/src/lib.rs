@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod assets;
+mod auth;
 mod broker;
 mod config;
 mod connection;
@@ -48,6 +49,7 @@ mod history;
 mod http_api;
 mod listener;
 mod metrics;
+mod origin;
 mod prefixed;
 mod rate;
 mod registry;
@@ -56,10 +58,12 @@ mod ring;
 mod stats;
 mod sync;
 
-pub use broker::{Broker, PublishError};
-pub use config::{Config, LogFormat, SlowConsumerPolicy};
+pub use auth::AuthConfigError;
+pub use broker::{Broker, PublishError, StartError};
+pub use config::{Config, LogFormat, Secret, SlowConsumerPolicy};
 pub use listener::{RunningBroker, bind, serve, start};
 pub use metrics::{Metrics, Source};
+pub use origin::OriginRuleError;
 pub use registry::TopicRegistry;
 pub use relay::{ClusterError, Published};
 pub use stats::STATS_TOPIC;

@@ -111,6 +111,12 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     broker.start_relay();
     info!(%addr, node = %broker.node_id(), "listening");
+    match broker.verifier() {
+        Some(verifier) => info!(algorithm = ?verifier.algorithm(), "authentication on"),
+        None => warn!(
+            "authentication is off: any client may subscribe and publish to any topic (see SECURITY.md)"
+        ),
+    }
     let stats = tokio::spawn(stats::run(broker.clone()));
     let app = router(broker.clone());
     // Tells the HTTP connections to finish; each holds a receiver, so it

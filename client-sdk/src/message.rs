@@ -18,6 +18,7 @@ pub struct Message {
     pub(crate) payload: Payload,
     pub(crate) offset: Option<u64>,
     pub(crate) pattern: Option<Filter>,
+    pub(crate) from: Option<std::sync::Arc<str>>,
 }
 
 impl Message {
@@ -78,6 +79,26 @@ impl Message {
     /// ```
     pub fn pattern(&self) -> Option<&Filter> {
         self.pattern.as_ref()
+    }
+
+    /// The publisher's identity (its token's `sub`), set by the broker when
+    /// it runs with authentication; `None` without auth and for messages
+    /// published through the HTTP API.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// # let client = starling_client::Client::connect("ws://127.0.0.1:7070/ws").await?;
+    /// let mut sub = client.subscribe("chat.lobby").await?;
+    /// if let Some(msg) = sub.recv().await {
+    ///     println!("{} says {}", msg.from().unwrap_or("someone"), msg.payload().to_json_string());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from(&self) -> Option<&str> {
+        self.from.as_deref()
     }
 
     /// The payload as received: raw JSON text on a JSON connection, a

@@ -299,6 +299,7 @@ mod tests {
             payload: Payload::from_json("1").unwrap(),
             offset,
             pattern: None,
+            from: None,
         }
     }
 

@@ -24,6 +24,7 @@ fn message(payload: Payload) -> Envelope {
         payload,
         offset: None,
         sub: None,
+        from: None,
     }
 }
 

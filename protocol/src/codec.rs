@@ -267,6 +267,8 @@ struct ClientRawFrame<'a> {
     since: Option<u64>,
     #[serde(default, deserialize_with = "some_payload")]
     payload: Option<Payload>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 fn need(id: Option<u64>, field: &'static str) -> CodecError {
@@ -303,6 +305,10 @@ impl ClientRawFrame<'_> {
                 payload: self.payload.ok_or_else(|| need(id, "payload"))?,
             },
             "ping" => Envelope::Ping { id },
+            "refresh" => Envelope::Refresh {
+                id,
+                token: self.token.ok_or_else(|| need(id, "token"))?.into_owned(),
+            },
             other => {
                 return Err(CodecError::UnknownType {
                     id,
@@ -336,6 +342,10 @@ struct RawFrame<'a> {
     #[serde(borrow)]
     message: Option<Cow<'a, str>>,
     missed: Option<u64>,
+    #[serde(borrow)]
+    from: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 impl RawFrame<'_> {
@@ -355,6 +365,7 @@ impl RawFrame<'_> {
                 payload: self.payload.ok_or_else(|| need(id, "payload"))?,
                 offset: self.offset,
                 sub: self.sub.map(|s| filter(id, Some(s))).transpose()?,
+                from: self.from.map(|from| from.as_ref().into()),
             },
             "ack" => Envelope::Ack {
                 id: id.ok_or_else(|| need(id, "id"))?,
@@ -375,6 +386,7 @@ impl RawFrame<'_> {
                 topic: self.topic,
                 since: self.since,
                 payload: self.payload,
+                token: self.token,
             }
             .into_envelope()?,
         })
@@ -426,12 +438,14 @@ mod tests {
                 payload: Payload::from_json("[1,2.5,\"x\"]").unwrap(),
                 offset: Some(9),
                 sub: Some(Filter::new("chat.*").unwrap()),
+                from: None,
             },
             Envelope::Message {
                 topic,
                 payload: Payload::from_json("42").unwrap(),
                 offset: None,
                 sub: None,
+                from: None,
             },
             Envelope::Ack {
                 id: 5,
@@ -485,6 +499,7 @@ mod tests {
                 payload: Payload::from_json(r#"{"user":"ada","text":"hi"}"#).unwrap(),
                 offset: None,
                 sub: None,
+                from: None,
             }),
             r#"{"type":"message","topic":"chat.lobby","payload":{"user":"ada","text":"hi"}}"#
         );
@@ -589,6 +604,7 @@ mod tests {
             payload: payload.clone(),
             offset: None,
             sub: None,
+            from: None,
         };
         assert_eq!(
             Codec::Json.encode(&msg).unwrap(),
@@ -613,6 +629,7 @@ mod tests {
             payload: Payload::from_json(r#"{"n":-5,"f":1.5,"s":"x","l":[true,null]}"#).unwrap(),
             offset: None,
             sub: None,
+            from: None,
         };
         let Envelope::Message { payload, .. } = Codec::MsgPack
             .decode(&Codec::MsgPack.encode(&msg).unwrap())

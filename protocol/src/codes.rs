@@ -97,17 +97,23 @@ pub enum HttpErrorCode {
     NotFound,
     /// The path does not take this method (405).
     MethodNotAllowed,
+    /// A WebSocket handshake from a web origin the broker does not allow (403).
+    ForbiddenOrigin,
+    /// `POST /api/publish` with a body that is not `application/json` (415).
+    UnsupportedMediaType,
 }
 
 impl HttpErrorCode {
     /// Every HTTP-only code.
-    pub const ALL: [HttpErrorCode; 6] = [
+    pub const ALL: [HttpErrorCode; 8] = [
         HttpErrorCode::NotWebsocket,
         HttpErrorCode::UnsupportedSubprotocol,
         HttpErrorCode::TooManyConnections,
         HttpErrorCode::ShuttingDown,
         HttpErrorCode::NotFound,
         HttpErrorCode::MethodNotAllowed,
+        HttpErrorCode::ForbiddenOrigin,
+        HttpErrorCode::UnsupportedMediaType,
     ];
 
     /// The snake_case word in the body.
@@ -119,6 +125,8 @@ impl HttpErrorCode {
             HttpErrorCode::ShuttingDown => "shutting_down",
             HttpErrorCode::NotFound => "not_found",
             HttpErrorCode::MethodNotAllowed => "method_not_allowed",
+            HttpErrorCode::ForbiddenOrigin => "forbidden_origin",
+            HttpErrorCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 
@@ -130,6 +138,8 @@ impl HttpErrorCode {
             HttpErrorCode::TooManyConnections | HttpErrorCode::ShuttingDown => 503,
             HttpErrorCode::NotFound => 404,
             HttpErrorCode::MethodNotAllowed => 405,
+            HttpErrorCode::ForbiddenOrigin => 403,
+            HttpErrorCode::UnsupportedMediaType => 415,
         }
     }
 }

@@ -73,7 +73,7 @@ pub enum CodecName {
 
 /// One wire message, in either direction.
 ///
-/// Client to broker: `Subscribe`, `Unsubscribe`, `Publish`, `Ping`.
+/// Client to broker: `Subscribe`, `Unsubscribe`, `Publish`, `Ping`, `Refresh`.
 /// Broker to client: `Welcome`, `Message`, `Ack`, `Error`, `Lagged`, `Pong`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -113,6 +113,14 @@ pub enum Envelope {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Replace the connection's token (when auth is on).
+    Refresh {
+        /// Correlation id, answered by one `ack` or `error`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The new JWT.
+        token: String,
+    },
     /// The first frame on every connection.
     Welcome {
         /// Protocol version (1).
@@ -136,6 +144,9 @@ pub enum Envelope {
         /// The pattern that matched, when it differs from `topic`.
         #[serde(skip_serializing_if = "Option::is_none")]
         sub: Option<Filter>,
+        /// The publisher's identity (its token's `sub`), when auth is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<Arc<str>>,
     },
     /// The frame with this id succeeded.
     Ack {
@@ -185,6 +196,7 @@ impl Envelope {
             Envelope::Unsubscribe { .. } => "unsubscribe",
             Envelope::Publish { .. } => "publish",
             Envelope::Ping { .. } => "ping",
+            Envelope::Refresh { .. } => "refresh",
             Envelope::Welcome { .. } => "welcome",
             Envelope::Message { .. } => "message",
             Envelope::Ack { .. } => "ack",
@@ -202,6 +214,7 @@ impl Envelope {
                 | Envelope::Unsubscribe { .. }
                 | Envelope::Publish { .. }
                 | Envelope::Ping { .. }
+                | Envelope::Refresh { .. }
         )
     }
 
@@ -212,6 +225,7 @@ impl Envelope {
             | Envelope::Unsubscribe { id, .. }
             | Envelope::Publish { id, .. }
             | Envelope::Ping { id }
+            | Envelope::Refresh { id, .. }
             | Envelope::Pong { id }
             | Envelope::Error { id, .. } => *id,
             Envelope::Ack { id, .. } => Some(*id),

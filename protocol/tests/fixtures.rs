@@ -50,6 +50,7 @@ fn fixtures() -> Vec<Fixture> {
         payload,
         offset: None,
         sub: None,
+        from: None,
     };
     vec![
         fixture(
@@ -100,6 +101,7 @@ fn fixtures() -> Vec<Fixture> {
                 payload: chat(),
                 offset: None,
                 sub: None,
+                from: None,
             },
         ),
         fixture(
@@ -109,6 +111,7 @@ fn fixtures() -> Vec<Fixture> {
                 payload: chat(),
                 offset: Some(42),
                 sub: Some(filter("chat.*")),
+                from: None,
             },
         ),
         Fixture {

@@ -458,6 +458,7 @@ fn envelope(payload: BoxedStrategy<Payload>) -> impl Strategy<Value = Envelope> 
                 payload,
                 offset,
                 sub,
+                from: None,
             }),
         (any::<u64>(), prop::option::of(any::<u64>()))
             .prop_map(|(id, offset)| Envelope::Ack { id, offset }),
@@ -815,6 +816,7 @@ proptest! {
             payload,
             offset: None,
             sub: None,
+            from: None,
         };
         let via_json = Codec::Json
             .decode(&Codec::Json.encode(&message(Payload::from_value(mp.clone()))).unwrap())

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 pub mod redis;
+pub mod tokens;
 
 pub use tokio_tungstenite::tungstenite;
 
@@ -338,11 +339,16 @@ pub async fn http_get(url: &str) -> (u16, String) {
     (status, response.text().await.expect("body"))
 }
 
-/// POSTs `body`; returns the status and the body.
+/// POSTs `body` as `application/json`, as a backend does; returns the
+/// status and the body.
 pub async fn http_post(url: &str, body: impl Into<String>) -> (u16, String) {
     let response = within(
         "http post",
-        reqwest::Client::new().post(url).body(body.into()).send(),
+        reqwest::Client::new()
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .send(),
     )
     .await
     .expect("http post");
@@ -384,10 +390,26 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
-/// Sends `method url` with an optional body; returns status, content type and body.
+/// Sends `method url` with an optional body (declared JSON); returns
+/// status, content type and body.
 pub async fn http_request(method: &str, url: &str, body: Option<Vec<u8>>) -> HttpAnswer {
+    let json = [("content-type", "application/json")];
+    let headers: &[(&str, &str)] = if body.is_some() { &json } else { &[] };
+    http_request_with(method, url, headers, body).await
+}
+
+/// [`http_request`] with these headers (and no others).
+pub async fn http_request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> HttpAnswer {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
     let mut request = reqwest::Client::new().request(method, url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(body) = body {
         request = request.body(body);
     }

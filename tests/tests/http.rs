@@ -203,6 +203,7 @@ async fn post_api_publish_answers_202_and_reaches_json_and_msgpack_subscribers()
             payload,
             offset,
             sub,
+            from: _,
         } => {
             assert_eq!(topic.as_str(), "chat.lobby");
             assert_eq!(payload.to_value(), expected);
@@ -216,6 +217,7 @@ async fn post_api_publish_answers_202_and_reaches_json_and_msgpack_subscribers()
             payload,
             offset,
             sub,
+            from: _,
         } => {
             assert_eq!(topic.as_str(), "chat.lobby");
             assert_eq!(payload.to_value(), expected);

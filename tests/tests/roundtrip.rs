@@ -143,6 +143,7 @@ async fn pattern_subscriptions_name_the_pattern() {
             payload: Payload::from_json("0.5").unwrap(),
             offset: None,
             sub: Some(starling_protocol::Filter::new("metrics.*.cpu").unwrap()),
+            from: None,
         }
     );
     let (topic, _) = sub.recv_message().await;

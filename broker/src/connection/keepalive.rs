@@ -1,5 +1,6 @@
 //! A connection's timers: WebSocket pings to a quiet peer, the idle
-//! timeout, and the write timeout of a socket that takes nothing.
+//! timeout, the write timeout of a socket that takes nothing, and the
+//! expiry of its token.
 
 use std::time::Duration;
 
@@ -40,8 +41,9 @@ impl Keepalive {
         true
     }
 
-    /// The next time the connection must check on its peer.
-    pub(crate) fn next_deadline(&self, config: &Config) -> Instant {
+    /// The next time the connection must check on its peer (or on its
+    /// token, which expires at `token_expires`).
+    pub(crate) fn next_deadline(&self, config: &Config, token_expires: Option<Instant>) -> Instant {
         let ping = Duration::from_millis(config.ping_interval_ms);
         let idle = Duration::from_millis(config.idle_timeout_ms);
         let mut deadline = Instant::now() + Duration::from_secs(3600);
@@ -54,15 +56,29 @@ impl Keepalive {
         if let Some(since) = self.stalled_since {
             deadline = deadline.min(since + config.write_timeout());
         }
+        if let Some(expires) = token_expires {
+            deadline = deadline.min(expires);
+        }
         deadline
     }
 
     /// Keepalive and stall checks, when the timer fires: a ping (into
     /// `out`) for a quiet peer, or why the connection must end.
-    pub(crate) fn on_timer(&mut self, config: &Config, out: &mut Outbox) -> Option<Exit> {
+    pub(crate) fn on_timer(
+        &mut self,
+        config: &Config,
+        out: &mut Outbox,
+        token_expires: Option<Instant>,
+    ) -> Option<Exit> {
         let ping = Duration::from_millis(config.ping_interval_ms);
         let idle = Duration::from_millis(config.idle_timeout_ms);
         let now = Instant::now();
+        if token_expires.is_some_and(|expires| now >= expires) {
+            return Some(Exit::close(
+                CloseCode::Policy,
+                "unauthorized: token expired",
+            ));
+        }
         if let Some(since) = self.stalled_since
             && now >= since + config.write_timeout()
         {

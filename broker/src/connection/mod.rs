@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::auth::Auth;
 use crate::broker::{Admission, Broker};
 use crate::connection::exit::Exit;
 use crate::connection::keepalive::Keepalive;
@@ -64,6 +65,7 @@ pub(crate) struct ConnCtx {
     pub(crate) admission: Admission,
     pub(crate) codec: Codec,
     pub(crate) peer: SocketAddr,
+    pub(crate) auth: Auth,
 }
 
 /// Settings the connection loop reads, copied once from the configuration.
@@ -213,6 +215,10 @@ impl Connection {
 
     /// Serves the connection until it must end; returns why.
     async fn run(&mut self, tuning: Tuning) -> Exit {
+        // A refused token gets its close at once, and no welcome.
+        if let Some(exit) = self.session.refusal() {
+            return exit;
+        }
         // Frames the client sent right behind its upgrade request.
         if !self.reader.buffer().is_empty()
             && let Some(exit) = parse_input(&mut self.reader, &mut self.session, tuning.hard_limit)
@@ -222,7 +228,10 @@ impl Connection {
         let broker = self.session.broker.clone();
         let shutdown = broker.shutdown_notified();
         tokio::pin!(shutdown);
-        let timer = tokio::time::sleep_until(self.keepalive.next_deadline(broker.config()));
+        let timer = tokio::time::sleep_until(
+            self.keepalive
+                .next_deadline(broker.config(), self.session.token_expires()),
+        );
         tokio::pin!(timer);
         // The waker the shutdown signal and the timer were last polled with.
         // They keep it, so they are polled again only when the task's waker
@@ -242,22 +251,25 @@ impl Connection {
             // After a reset the timer is polled again, which registers it.
             let poll_timer = new_waker || timer.is_elapsed();
             while poll_timer && timer.as_mut().poll(cx).is_ready() {
-                if let Some(exit) = self
-                    .keepalive
-                    .on_timer(broker.config(), &mut self.session.out)
+                let token = self.session.token_expires();
+                if let Some(exit) =
+                    self.keepalive
+                        .on_timer(broker.config(), &mut self.session.out, token)
                 {
                     return Poll::Ready(exit);
                 }
                 timer
                     .as_mut()
-                    .reset(self.keepalive.next_deadline(broker.config()));
+                    .reset(self.keepalive.next_deadline(broker.config(), token));
             }
             let io = self.poll_io(tuning, cx);
             let room = self.session.out.queued() < tuning.bound;
-            if io.is_pending() && self.keepalive.track_stall(room) {
+            let stalled = io.is_pending() && self.keepalive.track_stall(room);
+            if stalled | self.session.take_expiry_changed() {
+                let token = self.session.token_expires();
                 timer
                     .as_mut()
-                    .reset(self.keepalive.next_deadline(broker.config()));
+                    .reset(self.keepalive.next_deadline(broker.config(), token));
                 // Registers the new deadline; a deadline already past wakes at once.
                 if timer.as_mut().poll(cx).is_ready() {
                     cx.waker().wake_by_ref();
@@ -323,6 +335,7 @@ pub(crate) fn run_connection(
         admission,
         codec,
         peer,
+        auth,
     } = ctx;
     let id = admission.id;
     let started = Instant::now();
@@ -332,14 +345,19 @@ pub(crate) fn run_connection(
         hard_limit: config.hard_message_limit(),
         read_chunk: config.read_buffer_bytes,
     };
-    info!(conn_id = %id, %peer, codec = ?codec, "connected");
-
+    match (auth.identity(), auth.refusal()) {
+        (Some(identity), _) => {
+            info!(conn_id = %id, %peer, codec = ?codec, sub = %identity.sub, "connected");
+        }
+        (None, Some(error)) => info!(conn_id = %id, %peer, %error, "refused: unauthorized"),
+        (None, None) => info!(conn_id = %id, %peer, codec = ?codec, "connected"),
+    }
     let mut reader = FrameReader::default();
     reader.buffer().extend_from_slice(&read);
     let mut conn = Connection {
         io,
         reader,
-        session: Session::new(broker, admission, codec),
+        session: Session::new(broker, admission, codec, auth),
         keepalive: Keepalive::new(started),
     };
 
@@ -373,6 +391,7 @@ mod tests {
             broker,
             codec: Codec::Json,
             peer,
+            auth: Auth::OFF,
         };
         let task = run_connection(server, Bytes::new(), ctx);
         let size = std::mem::size_of_val(&task);

@@ -5,10 +5,13 @@
 
 use std::ops::ControlFlow;
 
-use starling_protocol::{CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter};
+use starling_protocol::{
+    CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter, Payload, Topic,
+};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::auth::{Auth, AuthError};
 use crate::broker::{Admission, Broker};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::exit::Exit;
@@ -32,6 +35,11 @@ pub(crate) struct Session {
     pub(crate) out: Outbox,
     /// Boxed: most brokers run without a rate limit.
     rate: Option<Box<RateLimiter>>,
+    /// Who the client is and what it may do.
+    auth: Auth,
+    /// Whether a `refresh` changed the token's expiry since the connection's
+    /// timer last looked.
+    expiry_changed: bool,
 }
 
 impl Drop for Session {
@@ -45,8 +53,9 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// A session that starts by sending `welcome`.
-    pub(crate) fn new(broker: Broker, admission: Admission, codec: Codec) -> Self {
+    /// A session of a client with credentials `auth`; it starts by sending
+    /// `welcome`, unless its token was refused.
+    pub(crate) fn new(broker: Broker, admission: Admission, codec: Codec, auth: Auth) -> Self {
         let rate_limit = broker.config().rate_limit;
         broker.metrics().connections.inc();
         broker.metrics().connections_total.inc();
@@ -57,15 +66,41 @@ impl Session {
             codec,
             subs: Subscriptions::default(),
             out: Outbox::default(),
+            auth,
+            expiry_changed: false,
         };
-        let welcome = Envelope::Welcome {
-            version: starling_protocol::PROTOCOL_VERSION,
-            node: session.broker.node_id().clone(),
-            codec: codec.name(),
-            limits: session.broker.limits().clone(),
-        };
-        session.send(&welcome);
+        if session.auth.refusal().is_some() {
+            return session;
+        }
+        {
+            let welcome = Envelope::Welcome {
+                version: starling_protocol::PROTOCOL_VERSION,
+                node: session.broker.node_id().clone(),
+                codec: codec.name(),
+                limits: session.broker.limits().clone(),
+            };
+            session.send(&welcome);
+        }
         session
+    }
+
+    /// Why the connection must close before it starts: a refused token.
+    pub(crate) fn refusal(&self) -> Option<Exit> {
+        let error = self.auth.refusal()?;
+        Some(Exit::close(
+            CloseCode::Policy,
+            format!("unauthorized: {error}"),
+        ))
+    }
+
+    /// When the connection's token expires, if it does.
+    pub(crate) fn token_expires(&self) -> Option<Instant> {
+        self.auth.expires_at()
+    }
+
+    /// Whether a `refresh` changed the token's expiry since the last call.
+    pub(crate) fn take_expiry_changed(&mut self) -> bool {
+        std::mem::take(&mut self.expiry_changed)
     }
 
     fn send(&mut self, envelope: &Envelope) {
@@ -173,13 +208,9 @@ impl Session {
         match envelope {
             Envelope::Subscribe { id, topic, since } => self.subscribe(id, topic, since),
             Envelope::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
-            Envelope::Publish { id, topic, payload } => {
-                match self.broker.publish(topic, payload, Source::WebSocket) {
-                    Ok(published) => self.ack(id, published.offset),
-                    Err(error) => self.send_error(id, error.code(), error.to_string()),
-                }
-            }
+            Envelope::Publish { id, topic, payload } => self.publish(id, topic, payload),
             Envelope::Ping { id } => self.send(&Envelope::Pong { id }),
+            Envelope::Refresh { id, token } => self.refresh(id, &token),
             other => {
                 // decode_client only yields client frames.
                 self.send_error(
@@ -197,7 +228,39 @@ impl Session {
         }
     }
 
+    fn publish(&mut self, id: Option<u64>, topic: Topic, payload: Payload) {
+        let published = if self.auth.is_off() {
+            self.broker.publish(topic, payload, Source::WebSocket)
+        } else {
+            match self.auth.identity() {
+                Some(identity)
+                    if topic.is_reserved() || identity.permissions.may_publish(&topic) =>
+                {
+                    let from = identity.sub.clone();
+                    self.broker.publish_from(topic, payload, from)
+                }
+                _ => {
+                    let message = format!("this token may not publish to {topic}");
+                    return self.send_error(id, ErrorCode::Unauthorized, message);
+                }
+            }
+        };
+        match published {
+            Ok(published) => self.ack(id, published.offset),
+            Err(error) => self.send_error(id, error.code(), error.to_string()),
+        }
+    }
+
     fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, since: Option<u64>) {
+        let allowed = self.auth.is_off()
+            || self
+                .auth
+                .identity()
+                .is_some_and(|identity| identity.permissions.may_subscribe(&filter));
+        if !allowed {
+            let message = format!("this token may not subscribe to {filter}");
+            return self.send_error(id, ErrorCode::Unauthorized, message);
+        }
         if self.subs.find(&filter).is_some() {
             self.ack(id, None);
             return;
@@ -256,6 +319,45 @@ impl Session {
                 format!("not subscribed to {filter}"),
             ),
         }
+    }
+
+    /// Replaces the connection's token: same `sub`, new permissions and
+    /// expiry. Subscriptions the new permissions do not allow end, each with
+    /// an `error`.
+    fn refresh(&mut self, id: Option<u64>, token: &str) {
+        let (Some(verifier), Some(current)) = (self.broker.verifier(), self.auth.identity()) else {
+            // Auth is off: there is no token to replace.
+            return self.ack(id, None);
+        };
+        let identity = match verifier.verify(token) {
+            Ok(identity) if identity.sub != current.sub => Err(AuthError::OtherSubject),
+            other => other,
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(error) => {
+                debug!(conn_id = %self.admission.id, %error, "refresh refused");
+                return self.send_error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    format!("unauthorized: {error}"),
+                );
+            }
+        };
+        let ended = self
+            .subs
+            .remove_where(|filter| !identity.permissions.may_subscribe(filter));
+        for sub in ended {
+            self.broker.unsubscribe(&sub.filter);
+            let message = format!(
+                "subscription to {} ended: the new token does not allow it",
+                sub.filter
+            );
+            self.send_error(None, ErrorCode::Unauthorized, message);
+        }
+        self.auth = Auth::verified(identity);
+        self.expiry_changed = true;
+        self.ack(id, None);
     }
 
     /// Takes deliveries from the subscriptions that have some, while the

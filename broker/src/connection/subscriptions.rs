@@ -124,6 +124,21 @@ impl Subscriptions {
         Some(sub)
     }
 
+    /// Removes the subscriptions whose filter `gone` picks, and returns them.
+    pub(crate) fn remove_where(&mut self, mut gone: impl FnMut(&Filter) -> bool) -> Vec<Sub> {
+        let slots: Vec<usize> = (0..self.slots.len())
+            .filter(|&slot| {
+                self.slots[slot]
+                    .as_ref()
+                    .is_some_and(|sub| gone(&sub.filter))
+            })
+            .collect();
+        slots
+            .into_iter()
+            .filter_map(|slot| self.remove(slot))
+            .collect()
+    }
+
     /// Removes every subscription.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = Sub> + '_ {
         self.slots.drain(..).flatten()

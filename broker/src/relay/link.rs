@@ -157,7 +157,8 @@ impl Inbound {
         self.metrics.relayed_in.inc();
         let latency = now_us().saturating_sub(relayed.sent_at_us);
         self.metrics.relay_latency.observe(latency as f64 / 1e6);
-        let delivery = Delivery::new(topic, payload, None, relayed.origin.into());
+        let delivery = Delivery::new(topic, payload, None, relayed.origin.into())
+            .with_from(relayed.from.map(Into::into));
         // A message matching both a channel and a glob arrives once for each:
         // a channel message goes to the topic's subscribers, a glob message to
         // the patterns behind that glob, so each subscription gets it once.

@@ -29,9 +29,9 @@ impl MemoryRelay {
 }
 
 impl Relay for MemoryRelay {
-    fn publish(&self, topic: Topic, payload: Payload) -> Published {
+    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published {
         let Some(history) = self.history.for_publish(&topic) else {
-            let delivery = Delivery::new(topic, payload, None, self.node.clone());
+            let delivery = Delivery::new(topic, payload, None, self.node.clone()).with_from(from);
             return Published {
                 offset: None,
                 subscribers: self.registry.publish(delivery),
@@ -41,12 +41,9 @@ impl Relay for MemoryRelay {
         // subscriber with `since` gets each message exactly once.
         let mut history = HistoryStore::lock(&history);
         let offset = history.next_offset();
-        let delivery = Arc::new(Delivery::new(
-            topic,
-            payload,
-            Some(offset),
-            self.node.clone(),
-        ));
+        let delivery = Arc::new(
+            Delivery::new(topic, payload, Some(offset), self.node.clone()).with_from(from),
+        );
         history.push(delivery.clone());
         Published {
             offset: Some(offset),
@@ -83,7 +80,11 @@ mod tests {
     }
 
     fn publish(relay: &MemoryRelay, topic: &str) -> Published {
-        relay.publish(Topic::new(topic).unwrap(), Payload::from_json("1").unwrap())
+        relay.publish(
+            Topic::new(topic).unwrap(),
+            Payload::from_json("1").unwrap(),
+            None,
+        )
     }
 
     #[test]

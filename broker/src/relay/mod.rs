@@ -21,6 +21,7 @@
 //! [`link`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 use starling_protocol::{Filter, Payload, Topic};
 
@@ -64,10 +65,11 @@ pub(crate) enum LinkState {
 /// How published messages reach subscribers; see the module documentation
 /// for the contract every implementation keeps.
 pub(crate) trait Relay: Send + Sync + fmt::Debug {
-    /// Publishes `payload` on `topic`: gives it an offset and retains it when
-    /// the topic keeps history, delivers it to this node's subscribers and
-    /// sends it to the other nodes, as one step per topic.
-    fn publish(&self, topic: Topic, payload: Payload) -> Published;
+    /// Publishes `payload` on `topic` (by `from`, a token's `sub`, when auth
+    /// is on): gives it an offset and retains it when the topic keeps
+    /// history, delivers it to this node's subscribers and sends it to the
+    /// other nodes, as one step per topic.
+    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published;
 
     /// Subscribes to `filter` (which becomes the registry's shared copy);
     /// with `since` on a topic that keeps history, also returns what to

@@ -108,6 +108,7 @@ impl RedisRelay {
         let outbound = Outbound {
             topic: delivery.topic.clone(),
             payload: delivery.payload.clone(),
+            from: delivery.from.clone(),
             sent_at_us: now_us(),
         };
         if self.outbound.try_send(outbound).is_err() {
@@ -117,8 +118,9 @@ impl RedisRelay {
 }
 
 impl Relay for RedisRelay {
-    fn publish(&self, topic: Topic, payload: Payload) -> Published {
-        let delivery = Delivery::new(topic, payload, None, self.inbound.node.clone());
+    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published {
+        let delivery =
+            Delivery::new(topic, payload, None, self.inbound.node.clone()).with_from(from);
         // Broker topics are per node.
         if !delivery.topic.is_reserved() {
             self.relay(&delivery);

@@ -2,13 +2,15 @@
 //!
 //! A topic's messages travel on the channel `<prefix>:t:<topic>`; a pattern
 //! subscription maps to a Redis glob over those channels. A relayed message
-//! is version, flags, send time, origin node, topic and payload, encoded once
-//! by its origin.
+//! is version, flags, send time, origin node, topic, the publisher's
+//! identity when the flags say so, and payload, encoded once by its origin.
 
 use starling_protocol::{Filter, Payload, Topic};
 
 const VERSION: u8 = 1;
 const FLAG_JSON: u8 = 1;
+/// The publisher's identity follows the topic (two bytes of length, then it).
+const FLAG_FROM: u8 = 2;
 
 /// Redis channel names for topics and patterns.
 #[derive(Debug, Clone)]
@@ -82,6 +84,7 @@ pub(crate) fn relayed_through(pattern: &Filter, glob: &str) -> bool {
 pub(crate) struct Outbound {
     pub(crate) topic: Topic,
     pub(crate) payload: Payload,
+    pub(crate) from: Option<std::sync::Arc<str>>,
     pub(crate) sent_at_us: u64,
 }
 
@@ -98,14 +101,28 @@ pub(crate) fn encode(origin: &str, out: &Outbound) -> Vec<u8> {
     let (json, payload) = out.payload.to_relay();
     let topic = out.topic.as_str().as_bytes();
     let origin = &origin.as_bytes()[..origin.len().min(255)];
-    let mut buf = Vec::with_capacity(12 + origin.len() + topic.len() + payload.len());
+    let from = out
+        .from
+        .as_deref()
+        .map(|from| &from.as_bytes()[..from.len().min(u16::MAX as usize)]);
+    let mut buf = Vec::with_capacity(
+        14 + origin.len() + topic.len() + from.map_or(0, <[u8]>::len) + payload.len(),
+    );
     buf.push(VERSION);
-    buf.push(if json { FLAG_JSON } else { 0 });
+    let mut flags = if json { FLAG_JSON } else { 0 };
+    if from.is_some() {
+        flags |= FLAG_FROM;
+    }
+    buf.push(flags);
     buf.extend_from_slice(&out.sent_at_us.to_be_bytes());
     buf.push(origin.len() as u8);
     buf.extend_from_slice(origin);
     buf.push(topic.len() as u8);
     buf.extend_from_slice(topic);
+    if let Some(from) = from {
+        buf.extend_from_slice(&(from.len() as u16).to_be_bytes());
+        buf.extend_from_slice(from);
+    }
     buf.extend_from_slice(&payload);
     buf
 }
@@ -115,6 +132,7 @@ pub(crate) struct Relayed<'a> {
     pub(crate) origin: &'a str,
     pub(crate) sent_at_us: u64,
     pub(crate) topic: &'a str,
+    pub(crate) from: Option<&'a str>,
     json: bool,
     payload: &'a [u8],
 }
@@ -138,11 +156,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Relayed<'_>> {
     let (&origin_len, rest) = rest.split_first()?;
     let (origin, rest) = rest.split_at_checked(origin_len as usize)?;
     let (&topic_len, rest) = rest.split_first()?;
-    let (topic, payload) = rest.split_at_checked(topic_len as usize)?;
+    let (topic, rest) = rest.split_at_checked(topic_len as usize)?;
+    let (from, payload) = if flags & FLAG_FROM != 0 {
+        let (len, rest) = rest.split_at_checked(2)?;
+        let len = u16::from_be_bytes(len.try_into().ok()?);
+        let (from, rest) = rest.split_at_checked(len as usize)?;
+        (Some(std::str::from_utf8(from).ok()?), rest)
+    } else {
+        (None, rest)
+    };
     Some(Relayed {
         origin: std::str::from_utf8(origin).ok()?,
         sent_at_us,
         topic: std::str::from_utf8(topic).ok()?,
+        from,
         json: flags & FLAG_JSON != 0,
         payload,
     })
@@ -195,15 +222,24 @@ mod tests {
         let out = Outbound {
             topic: Topic::new("chat.lobby").unwrap(),
             payload: Payload::from_json(r#"{"text":"hi"}"#).unwrap(),
+            from: None,
             sent_at_us: 42,
         };
         let bytes = encode("n1", &out);
         let back = decode(&bytes).unwrap();
         assert_eq!(
-            (back.origin, back.topic, back.sent_at_us),
-            ("n1", "chat.lobby", 42)
+            (back.origin, back.topic, back.sent_at_us, back.from),
+            ("n1", "chat.lobby", 42, None)
         );
         assert_eq!(back.payload().unwrap(), out.payload);
+        let signed = Outbound {
+            from: Some("ada".into()),
+            ..out
+        };
+        let bytes = encode("n1", &signed);
+        let back = decode(&bytes).unwrap();
+        assert_eq!((back.topic, back.from), ("chat.lobby", Some("ada")));
+        assert_eq!(back.payload().unwrap(), signed.payload);
         assert!(decode(&bytes[..5]).is_none());
         assert!(decode(&[9, 0]).is_none());
     }

@@ -242,6 +242,7 @@ impl Task {
                 payload,
                 offset,
                 sub,
+                from,
             } => {
                 let key = sub
                     .as_ref()
@@ -251,6 +252,7 @@ impl Task {
                     payload,
                     offset,
                     pattern: sub,
+                    from,
                 };
                 let done = self.table.dispatch(&key, message);
                 for topic in done.slow {
