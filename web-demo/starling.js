@@ -7,8 +7,13 @@
 //   const client = new StarlingClient("ws://127.0.0.1:7070/ws", {
 //     onState: (state) => console.log(state),
 //   });
-//   const stop = client.subscribe("chat.lobby", (msg) => console.log(msg.payload));
+//   const stop = client.subscribe("chat.lobby", (msg) => console.log(msg.from, msg.payload));
 //   client.publish("chat.lobby", { text: "hi" });
+//
+// With a broker that requires tokens, pass `token` or, better, `getToken`
+// (called on every connect and before the token expires):
+//
+//   new StarlingClient(url, { getToken: () => fetch("/token").then((r) => r.text()) });
 //
 // The API is documented in README.md, section "Browser client".
 
@@ -19,7 +24,7 @@ export const SUBPROTOCOL = "starling.v1.json";
  * An `error` frame from the broker (`code` is a stable snake_case word such as
  * `invalid_topic`), or a client-side failure: `timeout`, `disconnected`,
  * `not_connected`, `closed`, `queue_full`, `terminated` (a terminal close
- * code from the broker), `bad_url`.
+ * code from the broker), `bad_url`, `token` (`getToken` failed).
  */
 export class StarlingError extends Error {
   constructor(code, message) {
@@ -50,6 +55,30 @@ const DEFAULTS = {
 /** A connection up this long resets the reconnect backoff. */
 const STABLE_AFTER_MS = 5000;
 
+/** A token is refreshed this long before its `exp` (or at 80 % of its life). */
+const REFRESH_BEFORE_MS = 30000;
+
+/** The `exp` claim of a JWT, in ms since the epoch, when it has one. */
+export function tokenExpiry(token) {
+  try {
+    const part = String(token).split(".")[1];
+    const base64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(base64 + "===".slice((base64.length + 3) % 4)));
+    return typeof claims.exp === "number" ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** `url` with `token` in its query (replacing one already there). */
+function withToken(url, token) {
+  if (!token) return url;
+  const [base, query = ""] = url.split("?");
+  const params = query.split("&").filter((p) => p && !p.startsWith("token="));
+  params.push(`token=${encodeURIComponent(token)}`);
+  return `${base}?${params.join("&")}`;
+}
+
 /** Whether a close code means "do not come back" (policy, application refusals). */
 export function isTerminalClose(code) {
   return code === 1008 || (code >= 4500 && code <= 4999);
@@ -75,7 +104,10 @@ export class StarlingClient {
    *   `onLagged(topic, missed)`, `onWelcome(welcome)`; timings `minDelay`,
    *   `maxDelay`, `pingInterval`, `pingTimeout`, `requestTimeout`,
    *   `connectTimeout` (ms);
-   *   `maxQueue`; `WebSocket` (an implementation, for Node or tests).
+   *   `maxQueue`; `WebSocket` (an implementation, for Node or tests);
+   *   `token` (a JWT) or `getToken()` (returns a JWT or a Promise of one;
+   *   called before every connect and shortly before the token expires,
+   *   which then sends `refresh`).
    */
   constructor(url, options = {}) {
     this.url = url || defaultUrl();
@@ -85,6 +117,9 @@ export class StarlingClient {
     this.onLagged = options.onLagged || noop;
     this.onWelcome = options.onWelcome || noop;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    this.getToken = options.getToken || null;
+    /** The token of the current connection, when the broker requires one. */
+    this.token = options.token || null;
 
     /** Current state: "connecting" | "connected" | "reconnecting" | "closed". */
     this.state = null;
@@ -103,6 +138,8 @@ export class StarlingClient {
     this._connectTimer = null;
     this._connectedAt = 0;
     this._everConnected = false;
+    this._refreshTimer = null;
+    this._refusedToken = null; // a token the broker closed with 1008
 
     if (typeof window !== "undefined" && window.addEventListener) {
       // Back online: try at once rather than waiting for the backoff.
@@ -229,9 +266,42 @@ export class StarlingClient {
   _open() {
     this._retryTimer = null;
     if (this.state === States.CLOSED) return;
+    if (!this.getToken) return this._connect();
+    let token;
+    try {
+      token = this.getToken();
+    } catch (err) {
+      return this._tokenFailed(err);
+    }
+    Promise.resolve(token).then(
+      (token) => {
+        if (this.state === States.CLOSED) return;
+        if (!token || token === this._refusedToken) {
+          return this._tokenFailed(new Error("getToken gave no new token"));
+        }
+        this.token = token;
+        this._connect();
+      },
+      (err) => this._tokenFailed(err),
+    );
+  }
+
+  /** `getToken` failed: try again later, as after a dropped connection. */
+  _tokenFailed(err) {
+    if (this.state === States.CLOSED) return;
+    this._reportError(new StarlingError("token", `getToken failed: ${err && err.message}`));
+    if (this._refusedToken) {
+      // Refused with 1008 and no new token to offer: stop for good.
+      this._shutdown({ code: 1008, reason: "no new token" });
+      return;
+    }
+    this._scheduleReconnect();
+  }
+
+  _connect() {
     let ws;
     try {
-      ws = new this.WebSocket(this.url, SUBPROTOCOL);
+      ws = new this.WebSocket(withToken(this.url, this.token), SUBPROTOCOL);
     } catch (err) {
       // A malformed URL throws: nothing will ever work.
       this._shutdown({ code: 0, reason: String(err && err.message) });
@@ -297,6 +367,8 @@ export class StarlingClient {
     const wasReconnect = this._everConnected;
     this._everConnected = true;
     this._connectedAt = now();
+    this._refusedToken = null;
+    this._scheduleRefresh();
     this._setState(States.CONNECTED, { node: frame.node, reconnected: wasReconnect });
     try {
       this.onWelcome(frame);
@@ -318,7 +390,13 @@ export class StarlingClient {
     const sub = this._subs.get(key);
     if (!sub) return;
     if (typeof frame.offset === "number" && !isPattern(sub.topic)) sub.since = frame.offset;
-    const msg = { topic: frame.topic, payload: frame.payload, offset: frame.offset, sub: frame.sub };
+    const msg = {
+      topic: frame.topic,
+      payload: frame.payload,
+      offset: frame.offset,
+      sub: frame.sub,
+      from: frame.from,
+    };
     for (const handler of [...sub.handlers]) {
       try {
         handler(msg);
@@ -445,6 +523,32 @@ export class StarlingClient {
     this._pingTimer = null;
   }
 
+  /** Asks `getToken` for a new token shortly before this one expires. */
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    const expiry = this.getToken && tokenExpiry(this.token);
+    if (!expiry) return;
+    const left = expiry - Date.now();
+    const wait = Math.max(1000, Math.min(left - REFRESH_BEFORE_MS, left * 0.8));
+    this._refreshTimer = setTimeout(() => this._refresh(), wait);
+  }
+
+  async _refresh() {
+    const ws = this._ws;
+    try {
+      const token = await this.getToken();
+      if (!token || this._ws !== ws || !this.connected) return;
+      await this._request({ type: "refresh", token }, "refresh", false);
+      this.token = token;
+      this._scheduleRefresh();
+    } catch (err) {
+      // The connection closes at expiry (1008) and reconnects with a new token.
+      this._reportError(
+        err instanceof StarlingError ? err : new StarlingError("token", String(err && err.message)),
+      );
+    }
+  }
+
   /** Gives up on `ws` at once (no waiting for a close handshake). */
   _drop(ws, code, reason) {
     this._detach(ws);
@@ -465,6 +569,8 @@ export class StarlingClient {
     this._connectedAt = 0;
     clearTimeout(this._connectTimer);
     this._stopPing();
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     this.welcome = null;
     // Requests already on the wire get no answer now: their fate is unknown.
     for (const [id, pending] of [...this._pending]) {
@@ -477,6 +583,13 @@ export class StarlingClient {
       }
     }
     if (this.state === States.CLOSED) return;
+    if (code === 1008 && this.getToken) {
+      // A refused or expired token: come back only with a new one.
+      this._refusedToken = this.token;
+      this._setState(this._everConnected ? States.RECONNECTING : States.CONNECTING, { code, reason });
+      this._scheduleReconnect();
+      return;
+    }
     if (isTerminalClose(code)) {
       this._shutdown({ code, reason });
       const why = `the broker closed the connection for good: ${code} ${reason || ""}`;
@@ -503,6 +616,7 @@ export class StarlingClient {
     clearTimeout(this._connectTimer);
     if (this._retryTimer) clearTimeout(this._retryTimer);
     this._retryTimer = null;
+    clearTimeout(this._refreshTimer);
     if (this._onOnline) window.removeEventListener("online", this._onOnline);
     const closed = new StarlingError("closed", "the client is closed");
     for (const [id, pending] of [...this._pending]) {

@@ -27,6 +27,7 @@
 //! | `assets` | the demo's files, embedded |
 //! | `prefixed` | a socket with bytes already read put back in front, for hyper |
 //! | `handshake` | admission of every upgrade (a typed refusal or a slot), the `101`, the one spawn of a connection |
+//! | `origin`, `auth` | which web origins may connect; verifying tokens and what their permissions allow |
 //! | `connection` | one client: poll loop, protocol session, subscriptions, outbox, keepalive |
 //! | `stats` | `$sys.stats` |
 //! | `broker` | one node's shared state: configuration, limits, relay, connection slots, shutdown |

@@ -74,7 +74,8 @@ impl Client {
 
     pub(crate) async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client> {
         let url = connection::normalize_url(url)?;
-        let (ws, welcome) = connection::open(&url, &options).await?;
+        let token = connection::token(&options).await?;
+        let (ws, welcome) = connection::open(&url, &options, token.as_deref()).await?;
         let shared = Arc::new(Shared::new(options, &welcome));
         let (commands, rx) = mpsc::unbounded_channel();
         let span = tracing::info_span!(
@@ -82,7 +83,8 @@ impl Client {
             name = shared.options.name.as_deref().unwrap_or_default(),
             url = %url,
         );
-        let task = Task::new(url, shared.clone(), rx);
+        let mut task = Task::new(url, shared.clone(), rx);
+        task.token = token;
         tokio::spawn(task.run(ws, welcome).instrument(span));
         Ok(Client { commands, shared })
     }

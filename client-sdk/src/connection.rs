@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use starling_protocol::http::ErrorBody;
-use starling_protocol::{Codec, Envelope, Frame, Limits, PROTOCOL_VERSION, Payload};
+use starling_protocol::{CloseCode, Codec, Envelope, Frame, Limits, PROTOCOL_VERSION, Payload};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri, header};
@@ -68,9 +68,25 @@ fn header_value(option: &'static str, value: &str) -> Result<HeaderValue> {
     })
 }
 
-/// Opens a connection and reads the broker's `welcome`, all within the
-/// connect timeout.
-pub(crate) async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, Welcome)> {
+/// Asks the token provider for a token, or takes the fixed one.
+pub(crate) async fn token(options: &ConnectOptions) -> Result<Option<String>> {
+    match &options.token_provider {
+        Some(provider) => provider
+            .call()
+            .await
+            .map(Some)
+            .map_err(Error::TokenProvider),
+        None => Ok(options.token.clone()),
+    }
+}
+
+/// Opens a connection (presenting `token`) and reads the broker's
+/// `welcome`, all within the connect timeout.
+pub(crate) async fn open(
+    url: &str,
+    options: &ConnectOptions,
+    token: Option<&str>,
+) -> Result<(Ws, Welcome)> {
     let mut request = url.into_client_request().map_err(|e| Error::InvalidUrl {
         url: url.to_owned(),
         reason: e.to_string(),
@@ -84,7 +100,7 @@ pub(crate) async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, Wel
         header::USER_AGENT,
         HeaderValue::from_static(concat!("starling-client-rust/", env!("CARGO_PKG_VERSION"))),
     );
-    if let Some(token) = &options.token {
+    if let Some(token) = token {
         headers.insert(
             header::AUTHORIZATION,
             header_value("token", &format!("Bearer {token}"))?,
@@ -139,6 +155,9 @@ async fn handshake(
                     .as_ref()
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
                     .unwrap_or((1005, String::new()));
+                if code == CloseCode::Policy.code() {
+                    return Err(Error::Unauthorized { reason });
+                }
                 return Err(Error::Handshake(format!(
                     "the broker closed the connection with {code} before its welcome: {reason}"
                 )));

@@ -52,6 +52,19 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The broker refused the client's token: it closed the connection with
+    /// 1008 before `welcome` (the token is missing, malformed, badly signed,
+    /// expired or not yet valid).
+    #[error("the broker refused the token: {reason}")]
+    Unauthorized {
+        /// The broker's close reason (it begins with `unauthorized`).
+        reason: String,
+    },
+
+    /// The token provider failed.
+    #[error("the token provider failed: {0}")]
+    TokenProvider(#[source] crate::token::TokenError),
+
     /// The broker answered the handshake with an HTTP error instead of
     /// upgrading (for example 400 `unsupported_subprotocol` or 503
     /// `too_many_connections` / `shutting_down`).
@@ -144,6 +157,7 @@ impl Error {
             Error::Server { code, .. } => Some(*code),
             Error::MessageTooLarge { .. } => Some(ErrorCode::MessageTooLarge),
             Error::InvalidTopic { .. } => Some(ErrorCode::InvalidTopic),
+            Error::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
             _ => None,
         }
     }

@@ -88,6 +88,7 @@ mod outbox;
 mod subscription;
 mod table;
 mod task;
+mod token;
 
 pub use client::Client;
 pub use error::{Error, Result};
@@ -97,6 +98,7 @@ pub use options::{ConnectOptions, OfflinePolicy, ReconnectPolicy};
 pub use starling_protocol as protocol;
 pub use starling_protocol::{Codec, ErrorCode, Filter, Payload, Topic};
 pub use subscription::Subscription;
+pub use token::{TokenError, TokenFuture};
 
 /// Connects with the default options; the same as [`Client::connect`].
 ///

@@ -5,6 +5,8 @@ use std::time::Duration;
 use rand::Rng;
 use starling_protocol::Codec;
 
+use crate::token::{TokenError, TokenProvider};
+
 /// How the client reconnects after it lost its connection.
 ///
 /// The delay before attempt `n` (counting from 0) is drawn uniformly from
@@ -144,6 +146,7 @@ pub struct ConnectOptions {
     pub(crate) codec: Codec,
     pub(crate) name: Option<String>,
     pub(crate) token: Option<String>,
+    pub(crate) token_provider: Option<TokenProvider>,
     pub(crate) reconnect: ReconnectPolicy,
     pub(crate) offline: OfflinePolicy,
     pub(crate) connect_timeout: Duration,
@@ -162,6 +165,10 @@ impl std::fmt::Debug for ConnectOptions {
             .field("name", &self.name)
             // Never print the secret itself.
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "token_provider",
+                &self.token_provider.as_ref().map(|_| "<callback>"),
+            )
             .field("reconnect", &self.reconnect)
             .field("offline", &self.offline)
             .field("connect_timeout", &self.connect_timeout)
@@ -181,6 +188,7 @@ impl Default for ConnectOptions {
             codec: Codec::Json,
             name: None,
             token: None,
+            token_provider: None,
             reconnect: ReconnectPolicy::default(),
             offline: OfflinePolicy::Queue,
             connect_timeout: Duration::from_secs(5),
@@ -262,6 +270,36 @@ impl ConnectOptions {
     /// ```
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// An async callback that gives a token (a JWT): asked before every
+    /// connection (first and reconnects, so a refused or expired token is
+    /// replaced) and shortly before the current token's `exp`, when the
+    /// client sends `refresh` with the new one. After the broker refuses a
+    /// token (close 1008) the client reconnects only if the provider gives a
+    /// different one. Takes precedence over [`ConnectOptions::token`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// async fn fetch_token() -> Result<String, starling_client::TokenError> {
+    ///     Ok(std::env::var("STARLING_TOKEN")?)
+    /// }
+    /// let client = starling_client::ConnectOptions::new()
+    ///     .token_provider(fetch_token)
+    ///     .connect("ws://127.0.0.1:7070/ws")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn token_provider<F, Fut>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, TokenError>> + Send + 'static,
+    {
+        self.token_provider = Some(TokenProvider::new(provider));
         self
     }
 

@@ -26,6 +26,8 @@ pub(crate) enum Pending {
     Keepalive,
     /// `close`: the `pong` behind everything queued.
     Closing,
+    /// A `refresh` with this token: an `ack` (or `error`).
+    Refresh(String),
 }
 
 /// One frame waiting to be written.
@@ -96,8 +98,9 @@ pub(crate) fn fail(pending: Pending, error: impl Fn() -> Error) {
         }
         // Unsubscribing from a connection that is gone succeeded.
         Pending::Unsubscribe(reply) => answer(reply, Ok(())),
-        // The table answers waiting subscribers itself.
-        Pending::Subscribe(_) | Pending::Keepalive | Pending::Closing => {}
+        // The table answers waiting subscribers itself; a refresh that got
+        // no answer is asked again on the next connection.
+        Pending::Subscribe(_) | Pending::Keepalive | Pending::Closing | Pending::Refresh(_) => {}
     }
 }
 

@@ -18,6 +18,8 @@ use crate::outbox::{Pending, fail};
 impl Task {
     pub(super) fn on_connected(&mut self, welcome: &Welcome, reconnect: bool) {
         info!(url = %self.url, node = %welcome.node, reconnect, "connected");
+        let token = self.token.take();
+        self.use_token(token);
         self.connected = true;
         self.shared.apply_welcome(welcome);
         self.shared.connected.store(true, Ordering::Relaxed);
@@ -91,6 +93,9 @@ impl Task {
     pub(super) async fn reconnect(&mut self) -> std::result::Result<(Ws, Welcome), String> {
         let policy = self.shared.options.reconnect;
         let mut attempt: u32 = 0;
+        // The last token the broker refused: the provider must do better.
+        let mut refused: Option<String> = None;
+        self.refreshing = None;
         loop {
             if policy.max_attempts.is_some_and(|max| attempt >= max) {
                 return Err(format!("gave up after {attempt} reconnect attempts"));
@@ -99,12 +104,40 @@ impl Task {
             debug!(attempt, ?delay, "reconnecting after a delay");
             self.while_offline(tokio::time::sleep(delay)).await?;
             let shared = self.shared.clone();
+            let token = match self
+                .while_offline(async move { connection::token(&shared.options).await })
+                .await?
+            {
+                Ok(token) => token,
+                Err(error) => {
+                    debug!(%error, attempt, "no token for this attempt");
+                    attempt = attempt.saturating_add(1);
+                    continue;
+                }
+            };
+            if token.is_some() && token == refused {
+                return Err("the token provider gave the refused token again".into());
+            }
+            let shared = self.shared.clone();
             let url = self.url.clone();
+            let presented = token.clone();
             let opened = self
-                .while_offline(async move { connection::open(&url, &shared.options).await })
+                .while_offline(async move {
+                    connection::open(&url, &shared.options, presented.as_deref()).await
+                })
                 .await?;
             match opened {
-                Ok(connection) => return Ok(connection),
+                Ok(connection) => {
+                    self.token = token;
+                    return Ok(connection);
+                }
+                Err(Error::Unauthorized { reason })
+                    if self.shared.options.token_provider.is_some() =>
+                {
+                    debug!(%reason, attempt, "token refused; asking the provider again");
+                    refused = token;
+                    attempt = attempt.saturating_add(1);
+                }
                 Err(error) if is_terminal(&error) => {
                     return Err(format!("reconnect refused: {error}"));
                 }
@@ -175,7 +208,7 @@ fn is_terminal(error: &Error) -> bool {
         Error::Refused { status, .. } => {
             (400..500).contains(status) && *status != 408 && *status != 429
         }
-        Error::InvalidUrl { .. } | Error::InvalidOption { .. } => true,
+        Error::InvalidUrl { .. } | Error::InvalidOption { .. } | Error::Unauthorized { .. } => true,
         _ => false,
     }
 }

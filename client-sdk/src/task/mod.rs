@@ -9,7 +9,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use starling_protocol::{CloseCode, Codec, Envelope, ErrorCode};
@@ -25,6 +25,7 @@ use crate::event::Event;
 use crate::message::Message;
 use crate::outbox::{Pending, answer};
 use crate::table::Answered;
+use crate::token::{TokenError, refresh_delay};
 
 mod commands;
 mod lifecycle;
@@ -37,6 +38,9 @@ const COMMAND_BUDGET: usize = 1024;
 
 /// How long the close handshake may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long after a failed token provider the refresh is tried again.
+const TOKEN_RETRY: Duration = Duration::from_secs(5);
 
 /// How one connection ended.
 enum Ended {
@@ -66,8 +70,12 @@ impl Task {
                     if let Some(closing) = &self.closing {
                         break closing.reason.to_owned();
                     }
+                    // A refused or expired token: the provider may have a new one.
+                    let renewable = code == Some(CloseCode::Policy.code())
+                        && self.shared.options.token_provider.is_some();
                     if let Some(code) = code
                         && !CloseCode::may_reconnect(code)
+                        && !renewable
                     {
                         break format!("the broker closed with terminal code {code}: {reason}");
                     }
@@ -133,6 +141,10 @@ impl Task {
                         reason: "the connection was closed without a close frame".into(),
                     },
                 },
+                answer = async { self.refreshing.as_mut().expect("checked").await }, if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    self.on_new_token(answer.ok());
+                },
                 () = &mut timer => {
                     if let Some(ended) = self.on_timer(interval, ping_timeout) {
                         break ended;
@@ -174,17 +186,72 @@ impl Task {
     }
 
     fn deadline(&self, interval: Duration, ping_timeout: Duration) -> Instant {
-        let keepalive = self.alive.deadline(interval, ping_timeout);
-        match &self.closing {
-            Some(closing) => keepalive.min(closing.deadline),
-            None => keepalive,
+        let mut deadline = self.alive.deadline(interval, ping_timeout);
+        if let Some(closing) = &self.closing {
+            deadline = deadline.min(closing.deadline);
         }
+        if let Some(refresh) = self.refresh_at {
+            deadline = deadline.min(refresh);
+        }
+        deadline
+    }
+
+    /// Asks the token provider for the next token, in a task of its own (the
+    /// answer comes back through `refreshing`).
+    fn start_refresh(&mut self) {
+        self.refresh_at = None;
+        let Some(provider) = &self.shared.options.token_provider else {
+            return;
+        };
+        let (answer, refreshing) = tokio::sync::oneshot::channel();
+        let token = provider.call();
+        tokio::spawn(async move {
+            let _ = answer.send(token.await);
+        });
+        self.refreshing = Some(refreshing);
+    }
+
+    /// The token provider answered: send `refresh` with the new token, or
+    /// try again a little later.
+    fn on_new_token(&mut self, answer: Option<std::result::Result<String, TokenError>>) {
+        match answer {
+            Some(Ok(token)) => {
+                let id = self.shared.next_id();
+                let refresh = Envelope::Refresh {
+                    id: Some(id),
+                    token: token.clone(),
+                };
+                self.push_request(&refresh, id, Pending::Refresh(token));
+            }
+            Some(Err(error)) => {
+                warn!(%error, "the token provider failed; trying again in 5 s");
+                self.refresh_at = Some(Instant::now() + TOKEN_RETRY);
+            }
+            None => {}
+        }
+    }
+
+    /// The token in use changed (a new connection, or an accepted refresh):
+    /// plans the next refresh from its expiry.
+    pub(super) fn use_token(&mut self, token: Option<String>) {
+        self.refresh_at = None;
+        if self.shared.options.token_provider.is_some()
+            && let Some(delay) = token
+                .as_deref()
+                .and_then(|token| refresh_delay(token, SystemTime::now()))
+        {
+            self.refresh_at = Some(Instant::now() + delay);
+        }
+        self.token = token;
     }
 
     /// Keepalive: a `ping` every interval; no frame at all within the ping
     /// timeout after it means the connection is dead.
     fn on_timer(&mut self, interval: Duration, ping_timeout: Duration) -> Option<Ended> {
         let now = Instant::now();
+        if self.refresh_at.is_some_and(|at| now >= at) {
+            self.start_refresh();
+        }
         if let Some(closing) = &mut self.closing
             && now >= closing.deadline
         {
@@ -269,6 +336,10 @@ impl Task {
                 }
                 Some(Pending::Subscribe(key)) => self.on_subscribe_answer(&key, id, Ok(())),
                 Some(Pending::Unsubscribe(reply)) => answer(reply, Ok(())),
+                Some(Pending::Refresh(token)) => {
+                    debug!("token refreshed");
+                    self.use_token(Some(token));
+                }
                 Some(pending) => self.on_pong(pending),
                 None => debug!(id, "ack for nothing in flight"),
             },
@@ -330,7 +401,9 @@ impl Task {
                 let _ = reply.send(Ok(None));
             }
             Pending::Unsubscribe(reply) => answer(reply, Ok(())),
-            Pending::Subscribe(_) => {}
+            // An error: the broker keeps the old token until it expires, then
+            // the client reconnects with a new one.
+            Pending::Subscribe(_) | Pending::Refresh(_) => {}
         }
     }
 

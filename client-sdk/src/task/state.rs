@@ -15,6 +15,7 @@ use crate::connection;
 use crate::error::{Error, Result};
 use crate::outbox::{Outbox, Outgoing, Pending, answer, fail};
 use crate::table::SubTable;
+use crate::token::TokenError;
 
 /// Keepalive bookkeeping for one connection.
 pub(super) struct Liveness {
@@ -64,6 +65,12 @@ pub(crate) struct Task {
     /// Ids of the `subscribe` frames sent again after a reconnect; once all
     /// are answered, `Reconnected` is emitted.
     pub(super) resubscribing: HashSet<u64>,
+    /// The token of the current connection, when the broker needs one.
+    pub(crate) token: Option<String>,
+    /// When to ask the token provider for the next token.
+    pub(super) refresh_at: Option<Instant>,
+    /// The token provider's answer, while it is being asked.
+    pub(super) refreshing: Option<oneshot::Receiver<std::result::Result<String, TokenError>>>,
 }
 
 impl Task {
@@ -84,6 +91,9 @@ impl Task {
             alive: Liveness::new(Instant::now()),
             closing: None,
             resubscribing: HashSet::new(),
+            token: None,
+            refresh_at: None,
+            refreshing: None,
         }
     }
 
