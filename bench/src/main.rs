@@ -9,6 +9,7 @@ mod cli;
 mod frame;
 mod procfs;
 mod publisher;
+mod reader;
 mod report;
 mod scan;
 mod scenarios;

@@ -5,13 +5,8 @@
 use std::process::Command;
 
 use serde_json::Value;
-use starling_broker::{Config, RunningBroker};
-
-async fn broker() -> RunningBroker {
-    starling_broker::start(Config::ephemeral())
-        .await
-        .expect("broker starts")
-}
+use starling_broker::RunningBroker;
+use starling_tests::broker;
 
 /// Runs the bench with `args` against `broker`; returns its JSON summary.
 async fn bench(broker: &RunningBroker, args: &[&str]) -> Value {

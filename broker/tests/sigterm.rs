@@ -6,7 +6,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::WAIT;
+use starling_tests::BINARY_WAIT as WAIT;
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_0_on_one_worker() {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{broker_with, stop, wait_event, within};
+use common::wait_event;
 use futures_util::{FutureExt, StreamExt};
 use starling_client::{ConnectOptions, Error, Event, ReconnectPolicy, TokenError};
+use starling_tests::{broker_with, stop, within};
 
 const SECRET: &str = "an sdk test secret";
 

@@ -5,9 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{FakeBroker, Pings, broker, broker_with, stop, wait_event, within};
+use common::{FakeBroker, Pings, wait_event};
 use starling_client::protocol::{Limits, TopicError};
 use starling_client::{Client, ConnectOptions, Error, ErrorCode, Event};
+use starling_tests::{broker, broker_with, eventually, stop, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_topics_fail_without_a_round_trip() {
@@ -154,7 +155,7 @@ async fn a_refused_subscribe_is_a_server_error() {
     drop(_first);
     let registry = running.broker.registry();
     let one = starling_client::Filter::new("one").unwrap();
-    common::eventually("unsubscribed", || registry.subscribers(&one) == 0).await;
+    eventually("unsubscribed", || registry.subscribers(&one) == 0).await;
     within("subscribe", c.subscribe("two")).await.unwrap();
     stop(running).await;
 }

@@ -1,9 +1,7 @@
 //! What the client sends in the WebSocket handshake, and how it reads a refusal.
 
-mod common;
-
-use common::within;
 use starling_client::{Codec, ConnectOptions, Error};
+use starling_tests::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,16 @@
 //! With topic history on the broker, a subscription that loses its
 //! connection catches up with `since`: no gap and no duplicate.
 
-mod common;
-
 use std::time::Duration;
 
 use starling_client::{ConnectOptions, Event, ReconnectPolicy};
+use starling_tests::{broker_with, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_catches_up_with_since_after_its_connection_is_closed() {
     // The rate limit gives a way to make the broker close the subscriber's
     // connection (4029, which a client may reconnect after).
-    let broker = common::broker_with(|c| {
+    let broker = broker_with(|c| {
         c.history = 100;
         c.rate_limit = 20;
     })
@@ -34,7 +33,7 @@ async fn a_subscription_catches_up_with_since_after_its_connection_is_closed() {
         assert_eq!(other.publish_with_ack("feed", &i).await.unwrap(), Some(i));
     }
     for i in 1..=5u64 {
-        let message = common::within("a message", sub.recv()).await.unwrap();
+        let message = within("a message", sub.recv()).await.unwrap();
         assert_eq!(
             (message.offset(), message.decode::<u64>().unwrap()),
             (Some(i), i)
@@ -48,7 +47,7 @@ async fn a_subscription_catches_up_with_since_after_its_connection_is_closed() {
         }
     }
     loop {
-        match common::within("the disconnect", events.recv()).await {
+        match within("the disconnect", events.recv()).await {
             Some(Event::Disconnected { code, .. }) => {
                 assert_eq!(code, Some(4029));
                 break;
@@ -63,7 +62,7 @@ async fn a_subscription_catches_up_with_since_after_its_connection_is_closed() {
         assert_eq!(other.publish_with_ack("feed", &i).await.unwrap(), Some(i));
     }
     for i in 6..=10u64 {
-        let message = common::within("a message after the reconnect", sub.recv())
+        let message = within("a message after the reconnect", sub.recv())
             .await
             .unwrap();
         assert_eq!(

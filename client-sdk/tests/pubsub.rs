@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, broker, broker_with, eventually, stop, within};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use starling_client::protocol::Value;
 use starling_client::{Client, Codec, ConnectOptions, Event, Filter, Payload};
+use starling_tests::{WAIT, broker, broker_with, eventually, stop, within};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Chat {

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{FakeBroker, Pings, broker, broker_on, stop, wait_event, within};
+use common::{FakeBroker, Pings, wait_event};
 use futures_util::StreamExt;
 use starling_client::protocol::Limits;
 use starling_client::{Client, ConnectOptions, Error, Event, OfflinePolicy, ReconnectPolicy};
+use starling_tests::{broker, broker_on, stop, within};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 

@@ -1,70 +1,21 @@
-//! Shared fixtures: a real broker in-process on an ephemeral port, and a
-//! scripted fake broker for what the real one does not do on demand.
-#![allow(dead_code, unreachable_pub)]
+//! Fixtures of the SDK's tests alone: waiting for an SDK event, and a
+//! scripted fake broker for what the real one does not do on demand. The
+//! generic ones (a real broker in-process, `within`, `eventually`) are
+//! `starling_tests`'.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use starling_broker::{Config, RunningBroker};
 use starling_client::protocol::{Codec, Envelope, Limits, PROTOCOL_VERSION};
 use starling_client::{Event, Events};
+use starling_tests::within;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-/// How long a test waits for anything from the network.
-pub const WAIT: Duration = Duration::from_secs(5);
-
-/// Awaits `fut` for at most [`WAIT`], failing the test with `what`.
-pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Starts a broker on `127.0.0.1:0` with `adjust` applied to its config.
-pub async fn broker_with(adjust: impl FnOnce(&mut Config)) -> RunningBroker {
-    let mut config = Config::ephemeral();
-    config.node_id = Some("test-node".into());
-    adjust(&mut config);
-    starling_broker::start(config).await.expect("broker starts")
-}
-
-/// Starts a broker with the default settings.
-pub async fn broker() -> RunningBroker {
-    broker_with(|_| {}).await
-}
-
-/// Starts a broker on `addr` (the port of a broker that just stopped),
-/// retrying briefly while the port is still held.
-pub async fn broker_on(addr: SocketAddr) -> RunningBroker {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut config = Config::ephemeral();
-        config.node_id = Some("test-node-2".into());
-        config.listen = addr;
-        match starling_broker::start(config).await {
-            Ok(running) => return running,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                eprintln!("rebinding {addr}: {error}; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("cannot bind {addr} again: {error}"),
-        }
-    }
-}
-
-/// Stops a broker gracefully (its clients get 1001).
-pub async fn stop(running: RunningBroker) {
-    within("broker shutdown", running.shutdown())
-        .await
-        .expect("broker stops cleanly");
-}
-
-/// Waits for the first event that `pick` accepts; fails after [`WAIT`].
-pub async fn wait_event<T>(
+/// Waits for the first event that `pick` accepts; fails after
+/// [`starling_tests::WAIT`].
+pub(crate) async fn wait_event<T>(
     events: &mut Events,
     what: &str,
     mut pick: impl FnMut(&Event) -> Option<T>,
@@ -83,19 +34,12 @@ pub async fn wait_event<T>(
     .await
 }
 
-/// Polls `check` every 10 ms until it holds; fails after [`WAIT`].
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    within(what, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-}
-
 /// What a [`FakeBroker`] connection answers.
+// Every test binary compiles this module, and pubsub.rs uses no fake broker:
+// the allows below are for it.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pings {
+pub(crate) enum Pings {
     /// `pong` to every `ping`, and `ack` to every other frame with an id
     /// (publishes get offset 7).
     Answer,
@@ -106,17 +50,19 @@ pub enum Pings {
 /// A scripted WebSocket server speaking just enough of the protocol: it
 /// sends `welcome`, reports every frame it receives, and answers pings as
 /// told. Each accepted connection is reported on `connections`.
-pub struct FakeBroker {
-    pub addr: SocketAddr,
+#[allow(dead_code)]
+pub(crate) struct FakeBroker {
+    pub(crate) addr: SocketAddr,
     /// Frames received, tagged with the connection's number (from 1).
-    pub frames: mpsc::UnboundedReceiver<(usize, Envelope)>,
+    pub(crate) frames: mpsc::UnboundedReceiver<(usize, Envelope)>,
     /// Per connection: a sender of raw messages to write to the client.
-    pub connections: mpsc::UnboundedReceiver<mpsc::UnboundedSender<WsMessage>>,
+    pub(crate) connections: mpsc::UnboundedReceiver<mpsc::UnboundedSender<WsMessage>>,
 }
 
+#[allow(dead_code)]
 impl FakeBroker {
     /// Starts a fake JSON broker; `pings` decides how it treats `ping`.
-    pub async fn start(pings: Pings, limits: Limits) -> FakeBroker {
+    pub(crate) async fn start(pings: Pings, limits: Limits) -> FakeBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (frames_tx, frames) = mpsc::unbounded_channel();
@@ -199,7 +145,7 @@ impl FakeBroker {
     }
 
     /// `ws://ADDR/ws`.
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
 }
