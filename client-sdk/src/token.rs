@@ -73,11 +73,14 @@ mod tests {
     fn refreshes_before_expiry() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let delay = |claims: &str| refresh_delay(&jwt(claims), now);
-        // An hour left: 30 s before it ends.
-        assert_eq!(delay(r#"{"exp":4600}"#), Some(Duration::from_secs(3570)));
+        // An hour left: at 80 % of it, which comes before 30 s from the end.
+        assert_eq!(delay(r#"{"exp":4600}"#), Some(Duration::from_secs(2880)));
+        // Two minutes left: 30 s before the end.
+        assert_eq!(delay(r#"{"exp":1120}"#), Some(Duration::from_secs(90)));
         // Ten seconds left: at 80 % of them.
         assert_eq!(delay(r#"{"exp":1010}"#), Some(Duration::from_secs(1)));
         assert_eq!(delay(r#"{"exp":1100}"#), Some(Duration::from_secs(70)));
+        assert_eq!(delay(r#"{"exp":1020}"#), Some(Duration::from_secs(1)));
         // Expired: as soon as allowed.
         assert_eq!(delay(r#"{"exp":10}"#), Some(REFRESH_AT_LEAST));
         assert_eq!(delay(r#"{"sub":"ada"}"#), None);
