@@ -231,36 +231,33 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 }
 
 impl Admitted {
-    /// The headers of the `101 Switching Protocols` answer.
-    pub(crate) fn response_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut headers = vec![
-            (header::CONNECTION, HeaderValue::from_static("upgrade")),
-            (header::UPGRADE, HeaderValue::from_static("websocket")),
-            (
-                header::SEC_WEBSOCKET_ACCEPT,
-                HeaderValue::from_str(&self.accept).expect("base64 is a valid header value"),
-            ),
-        ];
-        if self.echo_subprotocol {
-            headers.push((
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(self.codec.subprotocol()),
-            ));
-        }
-        headers
+    /// The headers of the `101 Switching Protocols` answer, as lowercase
+    /// names and values: no allocation, since every upgrade takes this path.
+    pub(crate) fn response_headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", self.accept.as_str()),
+        ]
+        .into_iter()
+        .chain(
+            self.echo_subprotocol
+                .then(|| ("sec-websocket-protocol", self.codec.subprotocol())),
+        )
     }
 
     /// The `101` as HTTP/1.1 bytes.
     fn http1(&self) -> Vec<u8> {
-        let mut answer = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+        let mut answer = Vec::with_capacity(160);
+        answer.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
         for (name, value) in self.response_headers() {
-            answer.push_str(name.as_str());
-            answer.push_str(": ");
-            answer.push_str(value.to_str().unwrap_or_default());
-            answer.push_str("\r\n");
+            answer.extend_from_slice(name.as_bytes());
+            answer.extend_from_slice(b": ");
+            answer.extend_from_slice(value.as_bytes());
+            answer.extend_from_slice(b"\r\n");
         }
-        answer.push_str("\r\n");
-        answer.into_bytes()
+        answer.extend_from_slice(b"\r\n");
+        answer
     }
 
     /// Starts the connection task on `tcp`, after the `101` was sent;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hyper::upgrade::Parts;
@@ -96,7 +96,13 @@ async fn upgrade(
     };
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    response.headers_mut().extend(admitted.response_headers());
+    let headers = response.headers_mut();
+    for (name, value) in admitted.response_headers() {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).expect("101 header values are ASCII"),
+        );
+    }
 
     let on_upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
