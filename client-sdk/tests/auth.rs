@@ -31,6 +31,15 @@ fn token(sub: &str, seconds: u64) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
 }
 
+/// A broker that takes HS256 tokens signed with [`SECRET`], with no leeway.
+async fn auth_broker() -> starling_broker::RunningBroker {
+    broker_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.jwt_leeway_s = 0;
+    })
+    .await
+}
+
 fn fast_retries() -> ReconnectPolicy {
     ReconnectPolicy {
         initial_delay: Duration::from_millis(20),
@@ -41,11 +50,7 @@ fn fast_retries() -> ReconnectPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_provider_keeps_the_connection_past_its_first_token() {
-    let broker = broker_with(|c| {
-        c.jwt_secret = Some(SECRET.into());
-        c.jwt_leeway_s = 0;
-    })
-    .await;
+    let broker = auth_broker().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let client = ConnectOptions::new()
@@ -84,7 +89,7 @@ async fn a_token_provider_keeps_the_connection_past_its_first_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_fails_the_connect() {
-    let broker = broker_with(|c| c.jwt_secret = Some(SECRET.into())).await;
+    let broker = auth_broker().await;
     let error = ConnectOptions::new()
         .token("not-a-token")
         .connect(broker.ws_url())
@@ -97,11 +102,7 @@ async fn a_refused_token_fails_the_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_expiry_the_client_comes_back_only_with_a_new_token() {
-    let broker = broker_with(|c| {
-        c.jwt_secret = Some(SECRET.into());
-        c.jwt_leeway_s = 0;
-    })
-    .await;
+    let broker = auth_broker().await;
     // The first token expires in 2 s and every refresh fails; on reconnect
     // the provider has a valid token again once, then only a refused one.
     let calls = Arc::new(AtomicUsize::new(0));

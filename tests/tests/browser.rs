@@ -15,9 +15,8 @@ use fantoccini::key::Key;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value as Json, json};
-use starling_broker::{Config, RunningBroker};
 use starling_protocol::Filter;
-use starling_tests::{TestBroker, http_get, json_field};
+use starling_tests::{TestBroker, broker_on, http_get, json_field};
 use tokio::time::Instant;
 
 /// The browser binary, as packaged by Debian.
@@ -605,26 +604,6 @@ async fn dashboard_charts_follow_sys_stats_and_a_user_topic() {
         broker.stop().await;
     })
     .await;
-}
-
-/// Starts a broker on `addr` again, retrying while the port is still held.
-async fn broker_on(addr: std::net::SocketAddr) -> RunningBroker {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut config = Config::ephemeral();
-        config.node_id = Some("test-node-2".into());
-        config.listen = addr;
-        match starling_broker::start(config).await {
-            Ok(running) => return running,
-            Err(error) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "cannot bind {addr} again: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,26 +346,33 @@ fn frame_end(out: &[u8], start: usize) -> Option<usize> {
         .and_then(|len| start.checked_add(len))
 }
 
+/// Frames for the framing module's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) mod test_frames {
+    use super::{write_frame_raw, write_masked};
     /// The masking key of the frames the tests send as a client.
-    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    pub(crate) const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// A client frame: masked, as RFC 6455 requires.
-    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         write_masked(&mut out, first, payload, KEY);
         out
     }
 
     /// A server frame: unmasked.
-    fn server_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn server_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         write_frame_raw(&mut out, first, payload, None);
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_frames::{KEY, client_frame, server_frame};
 
     const TEXT: u8 = 0x81;
 

@@ -227,22 +227,7 @@ mod tests {
         write_close, write_control, write_frame_raw, write_masked, write_message,
     };
 
-    /// The masking key of the frames the tests send as a client.
-    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-    /// A client frame: masked, as RFC 6455 requires.
-    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_masked(&mut out, first, payload, KEY);
-        out
-    }
-
-    /// A server frame: unmasked.
-    fn server_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_frame_raw(&mut out, first, payload, None);
-        out
-    }
+    use crate::framing::frame::test_frames::{KEY, client_frame, server_frame};
 
     const TEXT: u8 = 0x81;
     const BINARY: u8 = 0x82;
