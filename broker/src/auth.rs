@@ -186,6 +186,7 @@ impl Verifier {
             sub: sub.into(),
             permissions,
             expires_at,
+            last_refresh: None,
         })
     }
 }
@@ -260,6 +261,14 @@ impl Auth {
         }
     }
 
+    /// The verified identity, to update.
+    pub(crate) fn identity_mut(&mut self) -> Option<&mut Identity> {
+        match self.0.as_deref_mut() {
+            Some(Credentials::Verified(identity)) => Some(identity),
+            _ => None,
+        }
+    }
+
     /// Why the token was refused, if it was.
     pub(crate) fn refusal(&self) -> Option<&AuthError> {
         match self.0.as_deref() {
@@ -282,6 +291,8 @@ pub(crate) struct Identity {
     pub(crate) permissions: Permissions,
     /// When the token stops being valid (its `exp` plus the leeway).
     pub(crate) expires_at: Option<Instant>,
+    /// When the connection last asked to replace its token (`refresh`).
+    pub(crate) last_refresh: Option<Instant>,
 }
 
 /// The topics a token may publish to and subscribe to.

@@ -186,25 +186,23 @@ impl Broker {
         payload: Payload,
         source: Source,
     ) -> Result<Published, PublishError> {
-        if topic.is_reserved() {
-            return Err(PublishError::Reserved(topic));
-        }
-        Ok(self.publish_unchecked(topic, payload, source))
+        self.publish_as(topic, payload, source, None)
     }
 
-    /// Publishes for a client whose token's `sub` is `from` (the messages
-    /// carry it). Reserved (`$`) topics are refused.
-    pub(crate) fn publish_from(
+    /// [`Broker::publish`] for a client whose token's `sub` is `from`, when
+    /// auth is on (the messages carry it).
+    pub(crate) fn publish_as(
         &self,
         topic: Topic,
         payload: Payload,
-        from: Arc<str>,
+        source: Source,
+        from: Option<Arc<str>>,
     ) -> Result<Published, PublishError> {
         if topic.is_reserved() {
             return Err(PublishError::Reserved(topic));
         }
-        self.shared.metrics.published(Source::WebSocket);
-        Ok(self.shared.relay.publish(topic, payload, Some(from)))
+        self.shared.metrics.published(source);
+        Ok(self.shared.relay.publish(topic, payload, from))
     }
 
     /// Publishes without the reserved-topic check: for the broker's own topics.

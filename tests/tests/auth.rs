@@ -379,12 +379,31 @@ async fn refresh_narrows_permissions_and_ends_what_they_no_longer_allow() {
     ada.subscribe("news.world").await;
 
     // A bad token or another subject is refused, and the old token stays.
+    // Attempts come at most once a second: the one right after is refused
+    // before its token is even verified.
     for token in [
         "garbage".to_owned(),
         Claims::new("eve").subscribe(&[">"]).hs256(),
     ] {
         let answer = ada.request(&Envelope::Refresh { id: Some(1), token }).await;
         assert!(is_unauthorized(&answer), "{answer:?}");
+        let again = ada
+            .request(&Envelope::Refresh {
+                id: Some(5),
+                token: wide.hs256(),
+            })
+            .await;
+        assert!(
+            matches!(
+                again,
+                Envelope::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1050)).await;
     }
 
     let narrow = Claims::new("ada")

@@ -12,6 +12,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::auth::{Auth, AuthError};
+
+/// The least time between two `refresh` frames of one connection.
+const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::broker::{Admission, Broker};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::exit::Exit;
@@ -229,22 +232,20 @@ impl Session {
     }
 
     fn publish(&mut self, id: Option<u64>, topic: Topic, payload: Payload) {
-        let published = if self.auth.is_off() {
-            self.broker.publish(topic, payload, Source::WebSocket)
-        } else {
-            match self.auth.identity() {
-                Some(identity)
-                    if topic.is_reserved() || identity.permissions.may_publish(&topic) =>
-                {
-                    let from = identity.sub.clone();
-                    self.broker.publish_from(topic, payload, from)
-                }
-                _ => {
-                    let message = format!("this token may not publish to {topic}");
-                    return self.send_error(id, ErrorCode::Unauthorized, message);
-                }
+        // `$` topics are refused by the broker whatever the token says.
+        let from = match self.auth.identity() {
+            _ if self.auth.is_off() => None,
+            Some(identity) if topic.is_reserved() || identity.permissions.may_publish(&topic) => {
+                Some(identity.sub.clone())
+            }
+            _ => {
+                let message = format!("this token may not publish to {topic}");
+                return self.send_error(id, ErrorCode::Unauthorized, message);
             }
         };
+        let published = self
+            .broker
+            .publish_as(topic, payload, Source::WebSocket, from);
         match published {
             Ok(published) => self.ack(id, published.offset),
             Err(error) => self.send_error(id, error.code(), error.to_string()),
@@ -325,15 +326,28 @@ impl Session {
     /// expiry. Subscriptions the new permissions do not allow end, each with
     /// an `error`.
     fn refresh(&mut self, id: Option<u64>, token: &str) {
-        let (Some(verifier), Some(current)) = (self.broker.verifier(), self.auth.identity()) else {
+        let (Some(verifier), Some(current)) = (self.broker.verifier(), self.auth.identity_mut())
+        else {
             // Auth is off: there is no token to replace.
             return self.ack(id, None);
         };
+        // Verifying a signature costs far more than any other frame: one
+        // attempt per second, whether it succeeds or not.
+        let now = Instant::now();
+        if current
+            .last_refresh
+            .is_some_and(|at| now.duration_since(at) < REFRESH_INTERVAL)
+        {
+            let message = "at most one refresh per second";
+            return self.send_error(id, ErrorCode::RateLimited, message);
+        }
+        current.last_refresh = Some(now);
+        let sub = current.sub.clone();
         let identity = match verifier.verify(token) {
-            Ok(identity) if identity.sub != current.sub => Err(AuthError::OtherSubject),
+            Ok(identity) if identity.sub != sub => Err(AuthError::OtherSubject),
             other => other,
         };
-        let identity = match identity {
+        let mut identity = match identity {
             Ok(identity) => identity,
             Err(error) => {
                 debug!(conn_id = %self.admission.id, %error, "refresh refused");
@@ -355,6 +369,7 @@ impl Session {
             );
             self.send_error(None, ErrorCode::Unauthorized, message);
         }
+        identity.last_refresh = Some(now);
         self.auth = Auth::verified(identity);
         self.expiry_changed = true;
         self.ack(id, None);
