@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use starling_protocol::{Codec, Payload};
+use starling_protocol::{Codec, Envelope, Payload};
 use starling_tests::redis::RedisServer;
 use starling_tests::{Client, TestBroker, WAIT, http_get, http_post, metric};
 
@@ -240,4 +240,34 @@ async fn redis_restart_keeps_local_delivery_and_cross_node_delivery_resumes() {
         metric(&metrics, "starling_cluster_relay_failed_total") >= 1.0,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishers_identity_crosses_nodes() {
+    use starling_tests::tokens::{Claims, SECRET};
+    let redis = RedisServer::start();
+    let auth = |c: &mut starling_broker::Config| c.jwt_secret = Some(SECRET.into());
+    let a = TestBroker::node_with("a", &redis.url(), auth).await;
+    let b = TestBroker::node_with("b", &redis.url(), auth).await;
+    let token = Claims::new("ada")
+        .publish(&["chat.>"])
+        .subscribe(&["chat.>"])
+        .hs256();
+    let url = |node: &TestBroker| format!("{}?token={token}", node.ws_url());
+    let mut on_b = Client::connect(&url(&b), Some(Codec::MsgPack)).await;
+    on_b.subscribe("chat.lobby").await;
+    redis
+        .wait_numsub(&format!("{CHANNEL_PREFIX}chat.lobby"), 1)
+        .await;
+    let mut on_a = Client::connect(&url(&a), Some(Codec::Json)).await;
+    on_a.publish("chat.lobby", r#""hi from a""#).await;
+    match on_b.recv().await {
+        Envelope::Message { from, payload, .. } => {
+            assert_eq!(from.as_deref(), Some("ada"));
+            assert_eq!(payload.to_json_string(), r#""hi from a""#);
+        }
+        other => panic!("expected a message, got {other:?}"),
+    }
+    a.stop().await;
+    b.stop().await;
 }
