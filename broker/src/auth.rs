@@ -19,6 +19,9 @@ use starling_protocol::{Filter, Topic};
 
 use crate::config::Config;
 
+/// The longest `sub` a token may carry, in bytes.
+pub(crate) const MAX_SUB_BYTES: usize = 1024;
+
 /// Why the broker cannot start with the auth settings it was given.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
@@ -159,6 +162,12 @@ impl Verifier {
             .sub
             .filter(|sub| !sub.is_empty())
             .ok_or(AuthError::NoSubject)?;
+        // It travels on every message the client publishes.
+        if sub.len() > MAX_SUB_BYTES {
+            return Err(AuthError::Malformed(format!(
+                "sub is over {MAX_SUB_BYTES} bytes"
+            )));
+        }
         let raw = claims.permissions.unwrap_or_default();
         let filters = |names: Vec<String>| {
             names

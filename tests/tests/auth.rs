@@ -127,6 +127,11 @@ async fn bad_tokens_close_the_connection_with_1008_before_welcome() {
             "without a subject",
         ),
         (
+            "a sub over 1 KiB",
+            Some(valid.clone().set("sub", json!("a".repeat(1025))).hs256()),
+            "sub is over 1024 bytes",
+        ),
+        (
             "RS256 on an HS256 broker",
             Some(valid.rs256("rsa-private.pem")),
             "bad signature",
