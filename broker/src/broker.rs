@@ -18,6 +18,7 @@ use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::memory::MemoryRelay;
 use crate::relay::redis::RedisRelay;
 use crate::relay::{ClusterError, LinkState, Published, Relay};
+use crate::tls::{Tls, TlsError};
 
 /// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +49,9 @@ pub enum StartError {
     /// An `--allowed-origin` rule does not parse.
     #[error(transparent)]
     Origin(#[from] OriginRuleError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A connection's id, unique within a node's lifetime.
@@ -70,6 +74,8 @@ struct Shared {
     /// Verifies clients' tokens; `None` when auth is off.
     verifier: Option<Verifier>,
     origins: OriginPolicy,
+    /// The listener's TLS; `None` when it serves plain TCP.
+    tls: Option<Tls>,
     metrics: Arc<Metrics>,
     /// Wakes the connection tasks when shutdown begins.
     shutdown_notify: Notify,
@@ -92,6 +98,7 @@ impl Broker {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let verifier = Verifier::from_config(&config)?;
         let origins = OriginPolicy::new(&config.allowed_origins)?;
+        let tls = Tls::from_paths(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
         let metrics = Arc::new(Metrics::new());
         let node_id: Arc<str> = match &config.node_id {
             Some(id) => id.as_str().into(),
@@ -133,6 +140,7 @@ impl Broker {
                 relay,
                 verifier,
                 origins,
+                tls,
                 metrics,
                 shutdown_notify: Notify::new(),
                 shutting_down: AtomicBool::new(false),
@@ -166,6 +174,17 @@ impl Broker {
     /// The origins WebSocket handshakes are accepted from.
     pub(crate) fn origins(&self) -> &OriginPolicy {
         &self.shared.origins
+    }
+
+    /// The listener's TLS, when it serves `wss://` and `https://`.
+    pub(crate) fn tls(&self) -> Option<&Tls> {
+        self.shared.tls.as_ref()
+    }
+
+    /// Whether the broker serves `wss://` and `https://` (else `ws://` and
+    /// `http://`).
+    pub fn serves_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// The topics and patterns with subscribers on this node.

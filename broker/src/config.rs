@@ -209,6 +209,15 @@ pub struct Config {
     #[arg(long, env = "STARLING_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
 
+    /// Serves `wss://` and `https://` only, with this PEM certificate chain
+    /// (the server's certificate first). Reloaded on SIGHUP.
+    #[arg(long, env = "STARLING_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "STARLING_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "STARLING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

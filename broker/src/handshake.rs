@@ -29,14 +29,16 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use bytes::Bytes;
 use starling_protocol::http::ErrorBody;
 use starling_protocol::{Codec, HttpErrorCode};
+use std::future::poll_fn;
+
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::debug;
 
 use crate::auth::Auth;
 use crate::broker::{Admission, Broker};
 use crate::connection::{ConnCtx, run_connection};
+use crate::stream::Stream;
 
 /// Largest request head read here; a longer one goes to hyper.
 pub(crate) const HEAD_MAX: usize = 8 * 1024;
@@ -188,7 +190,7 @@ pub(crate) fn admit(
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !broker.origins().allows(&origin, host, false) {
+        if !broker.origins().allows(&origin, host, broker.serves_tls()) {
             return Err(Refusal::ForbiddenOrigin(origin.into_owned()));
         }
     }
@@ -260,10 +262,10 @@ impl Admitted {
         answer
     }
 
-    /// Starts the connection task on `tcp`, after the `101` was sent;
+    /// Starts the connection task on `stream`, after the `101` was sent;
     /// `early` is what the client sent after its request. The one place a
     /// connection is spawned.
-    pub(crate) fn start(self, tcp: TcpStream, early: Bytes) {
+    pub(crate) fn start(self, stream: Stream, early: Bytes) {
         let ctx = ConnCtx {
             broker: self.broker,
             admission: self.admission,
@@ -272,7 +274,7 @@ impl Admitted {
             auth: self.auth,
         };
         // A task of its own, holding only what the connection needs.
-        tokio::spawn(run_connection(tcp, early, ctx));
+        tokio::spawn(run_connection(stream, early, ctx));
     }
 }
 
@@ -280,22 +282,17 @@ impl Admitted {
 /// request head: hyper answers that at once), [`HEAD_MAX`] bytes are in, or
 /// the peer stops sending. Returns the bytes read, which may also hold what
 /// the client sent after the head.
-pub(crate) async fn read_head(tcp: &TcpStream) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(HEAD_INITIAL);
+pub(crate) async fn read_head(stream: &mut Stream) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
     loop {
-        tcp.readable().await?;
-        match tcp.try_read_buf(&mut buf) {
-            Ok(0) => return Ok(buf),
-            Ok(_) => {
-                if buf.len() >= HEAD_MAX || !head_partial(&buf) {
-                    return Ok(buf);
-                }
-                if buf.len() == buf.capacity() {
-                    buf.reserve((HEAD_MAX - buf.len()).min(buf.len()));
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
+        // The buffer starts at HEAD_INITIAL and doubles, up to HEAD_MAX.
+        let grow = match buf.len() {
+            0 => HEAD_INITIAL,
+            len => (HEAD_MAX - len).min(len),
+        };
+        let n = poll_fn(|cx| stream.poll_read_into(&mut buf, 1, grow, cx)).await?;
+        if n == 0 || buf.len() >= HEAD_MAX || !head_partial(&buf) {
+            return Ok(buf);
         }
     }
 }
@@ -339,33 +336,40 @@ fn parse_upgrade(head: &[u8]) -> Option<(HeaderMap, Option<&str>, usize)> {
 /// it and starts the connection, or answers the refusal and closes. Hands
 /// anything else back (with the bytes already read) for hyper.
 pub(crate) async fn serve_first_request(
-    mut tcp: TcpStream,
+    mut stream: Stream,
     head: Vec<u8>,
     peer: SocketAddr,
     broker: &Broker,
-) -> Option<(TcpStream, Vec<u8>)> {
+) -> Option<(Stream, Vec<u8>)> {
     let Some((headers, query, head_len)) = parse_upgrade(&head) else {
-        return Some((tcp, head));
+        return Some((stream, head));
     };
     let admitted = admit(broker, &Method::GET, query, &headers, peer);
     match admitted {
         Ok(admitted) => {
-            if let Err(error) = tcp.write_all(&admitted.http1()).await {
+            let answer = admitted.http1();
+            if let Err(error) = write_flushed(&mut stream, &answer).await {
                 debug!(%peer, %error, "peer gone during the handshake");
                 return None;
             }
             let early = Bytes::copy_from_slice(&head[head_len..]);
             drop(head);
-            admitted.start(tcp, early);
+            admitted.start(stream, early);
         }
         Err(refusal) => {
             debug!(%peer, ?refusal, "upgrade refused");
-            if tcp.write_all(&refusal.http1()).await.is_ok() {
-                let _ = tcp.shutdown().await;
+            if write_flushed(&mut stream, &refusal.http1()).await.is_ok() {
+                let _ = stream.shutdown().await;
             }
         }
     }
     None
+}
+
+/// Writes all of `bytes` and flushes them (TLS holds records until then).
+async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 #[cfg(test)]

@@ -115,16 +115,16 @@ async fn upgrade(
         };
         // The bare socket, and whatever the client sent after its request.
         let Ok(Parts { io, read_buf, .. }) = upgraded.downcast::<TokioIo<Prefixed>>() else {
-            warn!(%peer, "upgraded connection is not a TCP stream");
+            warn!(%peer, "upgraded connection is not a client stream");
             return;
         };
-        let (tcp, unread) = io.into_inner().into_parts();
+        let (stream, unread) = io.into_inner().into_parts();
         let early = if unread.is_empty() {
             read_buf
         } else {
             [&read_buf[..], &unread[..]].concat().into()
         };
-        admitted.start(tcp, early);
+        admitted.start(stream, early);
     });
     response
 }

@@ -25,6 +25,7 @@
 //! | `listener` | bind, accept loop (back-off when out of descriptors), serve, shutdown order |
 //! | `http_api` | the router: `/healthz`, `/metrics`, `/api/publish`, `/ws` through hyper, the demo |
 //! | `assets` | the demo's files, embedded |
+//! | `tls`, `stream` | the certificate (reloaded on SIGHUP); a client's stream, plain TCP or TLS |
 //! | `prefixed` | a socket with bytes already read put back in front, for hyper |
 //! | `handshake` | admission of every upgrade (a typed refusal or a slot), the `101`, the one spawn of a connection |
 //! | `origin`, `auth` | which web origins may connect; verifying tokens and what their permissions allow |
@@ -57,7 +58,9 @@ mod registry;
 mod relay;
 mod ring;
 mod stats;
+mod stream;
 mod sync;
+mod tls;
 
 pub use auth::AuthConfigError;
 pub use broker::{Broker, PublishError, StartError};
@@ -68,6 +71,7 @@ pub use origin::OriginRuleError;
 pub use registry::TopicRegistry;
 pub use relay::{ClusterError, Published};
 pub use stats::STATS_TOPIC;
+pub use tls::TlsError;
 
 /// Not part of the API: what the crate's own benchmarks reach. It may
 /// change in any release.

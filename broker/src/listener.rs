@@ -24,6 +24,7 @@ use crate::handshake;
 use crate::http_api::router;
 use crate::prefixed::Prefixed;
 use crate::stats;
+use crate::stream::Stream;
 
 /// How long the accept loop waits after an error such as running out of
 /// file descriptors.
@@ -44,14 +45,24 @@ pub struct RunningBroker {
 }
 
 impl RunningBroker {
-    /// The WebSocket URL of the broker, `ws://ADDR/ws`.
+    /// The WebSocket URL of the broker, `ws://ADDR/ws` (`wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let scheme = if self.broker.serves_tls() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}/ws", self.addr)
     }
 
-    /// The HTTP base URL of the broker, `http://ADDR`.
+    /// The HTTP base URL of the broker, `http://ADDR` (`https://` with TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.broker.serves_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Shuts down gracefully (clients get 1001) and waits until it has stopped.
@@ -100,9 +111,11 @@ pub async fn start(config: Config) -> io::Result<RunningBroker> {
 /// stops accepting, lets HTTP requests in progress finish, closes every
 /// client with 1001, and waits for them (up to the shutdown timeout).
 ///
-/// Each TCP connection is served by hyper's HTTP/1 server; the WebSocket
-/// upgrade at `/ws` hands the bare TCP stream to the connection task, which
-/// speaks WebSocket on it without hyper in between.
+/// Each connection (after its TLS handshake, when the broker serves TLS)
+/// starts with its first request: a WebSocket upgrade is answered at once
+/// and hands the stream to the connection task, which speaks WebSocket on
+/// it without hyper in between; anything else is served by hyper's HTTP/1
+/// server. With TLS, SIGHUP reloads the certificate and key.
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
@@ -118,6 +131,9 @@ pub async fn serve(
         ),
     }
     let stats = tokio::spawn(stats::run(broker.clone()));
+    let reloads = broker
+        .serves_tls()
+        .then(|| tokio::spawn(reload_on_hangup(broker.clone())));
     let app = router(broker.clone());
     // Tells the HTTP connections to finish; each holds a receiver, so it
     // also tells when they all have.
@@ -158,6 +174,9 @@ pub async fn serve(
         warn!("some HTTP requests did not finish in time");
     }
     stats.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     broker.stop_relay();
     let deadline = shutdown_timeout + Duration::from_secs(1);
     if !broker.connections_closed(deadline).await {
@@ -182,9 +201,35 @@ async fn on_accept_error(error: &io::Error) {
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
-/// Serves one accepted connection: a WebSocket upgrade as its first
-/// request is answered at once ([`handshake::serve_first_request`]);
-/// anything else is served by hyper. A connection that does not send a request head in time is closed.
+/// Reloads the TLS certificate and key on every SIGHUP.
+async fn reload_on_hangup(broker: Broker) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGHUP; the TLS certificate will not be reloaded");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let Some(tls) = broker.tls() else { return };
+            match tls.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(error) => warn!(%error, "TLS certificate not reloaded; the previous one stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = broker;
+}
+
+/// Serves one accepted connection: its TLS handshake (when the broker
+/// serves TLS), then a WebSocket upgrade as its first request is answered
+/// at once ([`handshake::serve_first_request`]); anything else is served
+/// by hyper. A connection that does not complete its TLS handshake and
+/// send a request head in time is closed.
 async fn serve_tcp(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -192,12 +237,20 @@ async fn serve_tcp(
     broker: Broker,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let first = async {
+        let mut stream = match broker.tls() {
+            Some(tls) => Stream::Tls(Box::new(tls.accept(tcp).await?)),
+            None => Stream::Plain(tcp),
+        };
+        let head = handshake::read_head(&mut stream).await?;
+        Ok::<_, io::Error>((stream, head))
+    };
     let read = tokio::select! {
-        read = tokio::time::timeout(HEADER_READ_TIMEOUT, handshake::read_head(&tcp)) => read,
+        read = tokio::time::timeout(HEADER_READ_TIMEOUT, first) => read,
         () = stop_requested(&mut shutdown) => return,
     };
-    let head = match read {
-        Ok(Ok(head)) => head,
+    let (stream, head) = match read {
+        Ok(Ok(read)) => read,
         Ok(Err(error)) => {
             debug!(%peer, %error, "connection ended before its request");
             return;
@@ -207,11 +260,12 @@ async fn serve_tcp(
             return;
         }
     };
-    let Some((tcp, head)) = handshake::serve_first_request(tcp, head, peer, &broker).await else {
+    let Some((stream, head)) = handshake::serve_first_request(stream, head, peer, &broker).await
+    else {
         return;
     };
     // Boxed: this task's state stays small for the upgrades above.
-    Box::pin(serve_http(Prefixed::new(tcp, head), peer, app, shutdown)).await;
+    Box::pin(serve_http(Prefixed::new(stream, head), peer, app, shutdown)).await;
 }
 
 /// Completes once the broker asks HTTP connections to finish.

@@ -21,7 +21,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let broker = Broker::new(config)?;
     // The one line scripts and people look for.
-    println!("starling listening on {addr} (ws://{addr}/ws, http://{addr}/)");
+    let (ws, http) = if broker.serves_tls() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    println!("starling listening on {addr} ({ws}://{addr}/ws, {http}://{addr}/)");
     starling_broker::serve(listener, broker, shutdown_signal()).await?;
     Ok(())
 }

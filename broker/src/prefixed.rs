@@ -1,4 +1,4 @@
-//! A TCP stream with the bytes already read from it put back in front, so
+//! A client's stream with the bytes already read from it put back in front, so
 //! that hyper reads a request that the broker started to read itself.
 
 use std::io;
@@ -6,19 +6,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-/// A TCP stream with bytes already read from it put back in front, for
+use crate::stream::Stream;
+
+/// A client's stream with bytes already read from it put back in front, for
 /// hyper to read first.
 pub(crate) struct Prefixed {
     prefix: Vec<u8>,
     /// How much of `prefix` has been read.
     taken: usize,
-    tcp: TcpStream,
+    tcp: Stream,
 }
 
 impl Prefixed {
-    pub(crate) fn new(tcp: TcpStream, prefix: Vec<u8>) -> Self {
+    pub(crate) fn new(tcp: Stream, prefix: Vec<u8>) -> Self {
         Prefixed {
             prefix,
             taken: 0,
@@ -27,7 +28,7 @@ impl Prefixed {
     }
 
     /// The stream, and what of the prefix was not read.
-    pub(crate) fn into_parts(self) -> (TcpStream, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (Stream, Vec<u8>) {
         let mut rest = self.prefix;
         rest.drain(..self.taken);
         (self.tcp, rest)
@@ -97,7 +98,7 @@ mod tests {
         let (mut client, server, _) = crate::test_support::tcp_pair().await;
         client.write_all(b" world").await.unwrap();
         drop(client);
-        let mut prefixed = Prefixed::new(server, b"hello".to_vec());
+        let mut prefixed = Prefixed::new(Stream::Plain(server), b"hello".to_vec());
         let mut first = [0u8; 3];
         prefixed.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"hel");
@@ -110,7 +111,7 @@ mod tests {
     async fn unread_prefix_is_handed_back() {
         use tokio::io::AsyncReadExt;
         let (_client, server, _) = crate::test_support::tcp_pair().await;
-        let mut prefixed = Prefixed::new(server, b"abcdef".to_vec());
+        let mut prefixed = Prefixed::new(Stream::Plain(server), b"abcdef".to_vec());
         let mut two = [0u8; 2];
         prefixed.read_exact(&mut two).await.unwrap();
         let (_tcp, rest) = prefixed.into_parts();

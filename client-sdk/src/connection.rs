@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri, header};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::error::{Error, Result};
 use crate::options::ConnectOptions;
@@ -109,9 +109,14 @@ pub(crate) async fn open(
     if let Some(name) = &options.name {
         headers.insert(NAME_HEADER, header_value("name", name)?);
     }
+    let connector = if request.uri().scheme_str() == Some("wss") {
+        Some(Connector::Rustls(options.tls.client_config()?))
+    } else {
+        None
+    };
     match tokio::time::timeout(
         options.connect_timeout,
-        handshake(request, url, options.codec),
+        handshake(request, url, options.codec, connector),
     )
     .await
     {
@@ -127,10 +132,12 @@ async fn handshake(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
     url: &str,
     codec: Codec,
+    connector: Option<Connector>,
 ) -> Result<(Ws, Welcome)> {
-    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .map_err(|e| handshake_error(url, e))?;
+    let (mut ws, _response) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+            .await
+            .map_err(|e| handshake_error(url, e))?;
     // tungstenite already checked that the broker echoed our subprotocol.
     loop {
         let message = match ws.next().await {

@@ -61,6 +61,12 @@ pub enum Error {
         reason: String,
     },
 
+    /// TLS for a `wss://` URL cannot be set up: a root certificate file
+    /// cannot be read or holds no certificate, or the system has no root
+    /// certificates and none were added.
+    #[error("TLS: {0}")]
+    Tls(String),
+
     /// The token provider failed.
     #[error("the token provider failed: {0}")]
     TokenProvider(#[source] crate::token::TokenError),

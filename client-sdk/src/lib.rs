@@ -58,6 +58,10 @@
 //! # }
 //! ```
 //!
+//! `wss://` URLs trust the system's root certificates;
+//! [`ConnectOptions::add_root_certificates`] adds a private authority and
+//! [`ConnectOptions::tls_config`] replaces the whole rustls configuration.
+//!
 //! # Guarantees
 //!
 //! - Topics and patterns are validated before anything is sent
@@ -88,6 +92,7 @@ mod outbox;
 mod subscription;
 mod table;
 mod task;
+mod tls;
 mod token;
 
 pub use client::Client;
@@ -95,6 +100,8 @@ pub use error::{Error, Result};
 pub use event::{Event, Events};
 pub use message::Message;
 pub use options::{ConnectOptions, OfflinePolicy, ReconnectPolicy};
+/// The TLS library of `wss://` connections, for [`ConnectOptions::tls_config`].
+pub use rustls;
 pub use starling_protocol as protocol;
 pub use starling_protocol::{Codec, ErrorCode, Filter, Payload, Topic};
 pub use subscription::Subscription;

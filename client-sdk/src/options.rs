@@ -1,10 +1,13 @@
 //! Connection settings: the [`ConnectOptions`] builder and its policies.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use starling_protocol::Codec;
 
+use crate::tls::TlsOptions;
 use crate::token::{TokenError, TokenProvider};
 
 /// How the client reconnects after it lost its connection.
@@ -156,6 +159,7 @@ pub struct ConnectOptions {
     pub(crate) event_capacity: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
+    pub(crate) tls: TlsOptions,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -178,6 +182,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("event_capacity", &self.event_capacity)
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -198,6 +203,7 @@ impl Default for ConnectOptions {
             event_capacity: 256,
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(10),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -479,6 +485,40 @@ impl ConnectOptions {
     /// ```
     pub fn ping_timeout(mut self, timeout: Duration) -> Self {
         self.ping_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Trusts the certificates in the PEM file at `path` for `wss://` URLs,
+    /// besides the system's root certificates: a private certificate
+    /// authority, or a development broker's self-signed certificate.
+    /// Repeatable. The file is read at the first `wss://` connect; a file
+    /// that cannot be read or holds no certificate fails it with
+    /// [`Error::Tls`](crate::Error::Tls).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// let client = starling_client::ConnectOptions::new()
+    ///     .add_root_certificates("/etc/starling/ca.pem")
+    ///     .connect("wss://broker.internal:7070/ws")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_root_certificates(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.extra_roots.push(path.into());
+        self.tls.changed();
+        self
+    }
+
+    /// The whole rustls configuration for `wss://` URLs (client
+    /// certificates, pinned roots, other protocol versions), replacing the
+    /// system's roots and [`ConnectOptions::add_root_certificates`]. Build
+    /// it with the [`rustls`](crate::rustls) this crate re-exports.
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls.config = Some(config);
+        self.tls.changed();
         self
     }
 }

@@ -1,16 +1,18 @@
 //! The envelope-speaking WebSocket client of the end-to-end tests.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use starling_protocol::{Codec, Envelope, Filter, Frame, Payload, Topic};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::{WAIT, within};
 
@@ -28,6 +30,15 @@ pub struct Client {
 impl Client {
     /// Connects and reads `welcome`. `codec: None` offers no subprotocol.
     pub async fn connect(url: &str, codec: Option<Codec>) -> Client {
+        Self::connect_with(url, codec, None).await
+    }
+
+    /// [`Client::connect`] to a `wss://` URL, trusting what `tls` trusts.
+    pub async fn connect_tls(url: &str, codec: Option<Codec>, tls: Arc<ClientConfig>) -> Client {
+        Self::connect_with(url, codec, Some(Connector::Rustls(tls))).await
+    }
+
+    async fn connect_with(url: &str, codec: Option<Codec>, tls: Option<Connector>) -> Client {
         let mut request = url.into_client_request().expect("valid url");
         if let Some(codec) = codec {
             request.headers_mut().insert(
@@ -40,7 +51,7 @@ impl Client {
             .max_frame_size(None);
         let (ws, response) = within(
             "connect",
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, tls),
         )
         .await
         .expect("websocket handshake");

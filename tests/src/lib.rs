@@ -3,7 +3,8 @@
 //! [`broker`]) or as the `starling` binary ([`start_binary`]), a WebSocket
 //! client that speaks the envelope ([`Client`]), a hand-written one for
 //! what a correct WebSocket library refuses to send ([`RawWs`]), HTTP
-//! helpers, JWTs ([`tokens`]) and Redis servers ([`redis`]).
+//! helpers, JWTs ([`tokens`]), Redis servers ([`redis`]) and TLS
+//! certificates ([`TestCerts`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +16,7 @@ mod http;
 mod process;
 mod raw;
 pub mod redis;
+mod tls;
 pub mod tokens;
 
 pub use binary::{BINARY_WAIT, start_binary};
@@ -26,6 +28,7 @@ pub use http::{
 };
 pub use process::{raise_fd_limit, worker_panics};
 pub use raw::{RawFrame, RawHttpAnswer, RawWs};
+pub use tls::TestCerts;
 pub use tokio_tungstenite::tungstenite;
 
 /// How long a test waits for anything from the network.

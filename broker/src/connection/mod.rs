@@ -26,13 +26,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use starling_protocol::{CloseCode, Codec};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -41,6 +40,7 @@ use crate::broker::{Admission, Broker};
 use crate::connection::exit::Exit;
 use crate::connection::keepalive::Keepalive;
 use crate::connection::session::Session;
+use crate::stream::Stream;
 use starling_protocol::framing::{self, Event, FrameReader};
 
 mod exit;
@@ -80,7 +80,7 @@ struct Tuning {
 
 /// A connection: its socket, what was read and not parsed yet, and the rest.
 struct Connection {
-    io: TcpStream,
+    io: Stream,
     reader: FrameReader,
     session: Session,
     keepalive: Keepalive,
@@ -89,27 +89,12 @@ struct Connection {
 /// Reads what the socket has into the reader's buffer. The buffer is
 /// allocated only once the socket has data: waiting costs no memory.
 fn poll_read(
-    io: &TcpStream,
+    io: &mut Stream,
     reader: &mut FrameReader,
     chunk: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        let buf = reader.buffer();
-        if buf.capacity() - buf.len() < MIN_READ_ROOM {
-            buf.reserve(chunk.max(MIN_READ_ROOM));
-        }
-        match io.try_read_buf(buf) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // A stale readiness, now cleared: wait for the next one.
-                if buf.is_empty() {
-                    *buf = Vec::new();
-                }
-            }
-            result => return Poll::Ready(result),
-        }
-    }
+    io.poll_read_into(reader.buffer(), MIN_READ_ROOM, chunk, cx)
 }
 
 /// Handles every complete frame in the reader's buffer; `Some` when the
@@ -164,7 +149,7 @@ impl Connection {
             {
                 return Poll::Ready(exit);
             }
-            if session.out.queued() > 0 {
+            if session.out.queued() > 0 || io.wants_flush() {
                 match session.out.poll_write(io, cx) {
                     Poll::Ready(Ok(())) => session.flush_metrics(),
                     Poll::Ready(Err(error)) => {
@@ -326,7 +311,7 @@ impl Connection {
 /// The setup is done here, outside the returned future, so that only what
 /// the connection needs while it lives is kept in its task.
 pub(crate) fn run_connection(
-    io: TcpStream,
+    io: Stream,
     read: Bytes,
     ctx: ConnCtx,
 ) -> impl Future<Output = ()> + Send {
@@ -393,7 +378,7 @@ mod tests {
             peer,
             auth: Auth::OFF,
         };
-        let task = run_connection(server, Bytes::new(), ctx);
+        let task = run_connection(Stream::Plain(server), Bytes::new(), ctx);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 704, "connection task state is {size} bytes");
     }

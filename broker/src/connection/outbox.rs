@@ -36,8 +36,8 @@ impl Outbox {
         self.buf.len() - self.sent
     }
 
-    /// Writes until everything queued is written or the socket is full.
-    /// An emptied buffer gives its memory back.
+    /// Writes until everything queued is written and flushed, or the
+    /// socket is full. An emptied buffer gives its memory back.
     pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
         &mut self,
         io: &mut S,
@@ -59,7 +59,8 @@ impl Outbox {
         }
         self.buf = Vec::new();
         self.sent = 0;
-        Poll::Ready(Ok(()))
+        // A no-op on TCP; TLS hands its last records to the socket here.
+        Pin::new(&mut *io).poll_flush(cx)
     }
 
     /// Drops the written frames at the front, once they are many.

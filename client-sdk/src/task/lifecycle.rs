@@ -208,7 +208,10 @@ fn is_terminal(error: &Error) -> bool {
         Error::Refused { status, .. } => {
             (400..500).contains(status) && *status != 408 && *status != 429
         }
-        Error::InvalidUrl { .. } | Error::InvalidOption { .. } | Error::Unauthorized { .. } => true,
+        Error::InvalidUrl { .. }
+        | Error::InvalidOption { .. }
+        | Error::Unauthorized { .. }
+        | Error::Tls(_) => true,
         _ => false,
     }
 }
