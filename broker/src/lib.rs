@@ -59,7 +59,7 @@ mod ring;
 mod stats;
 mod sync;
 
-pub use auth::AuthConfigError;
+pub use auth::{AuthConfigError, Claims, PermissionsClaim};
 pub use broker::{Broker, PublishError, StartError};
 pub use config::{Config, LogFormat, Secret, SlowConsumerPolicy};
 pub use listener::{RunningBroker, bind, serve, start};
