@@ -22,6 +22,7 @@
 //!
 //! | module | job |
 //! | --- | --- |
+//! | `cli`, `token` | the binary's command line (serve, or a subcommand); `starling token`, the claims `auth` reads, signed for development |
 //! | `listener` | bind, accept loop (back-off when out of descriptors), serve, shutdown order |
 //! | `http_api` | the router: `/healthz`, `/metrics`, `/api/publish`, `/ws` through hyper, the demo |
 //! | `assets` | the demo's files, embedded |
@@ -42,6 +43,7 @@
 mod assets;
 mod auth;
 mod broker;
+mod cli;
 mod config;
 mod connection;
 mod delivery;
@@ -58,9 +60,11 @@ mod relay;
 mod ring;
 mod stats;
 mod sync;
+mod token;
 
 pub use auth::{AuthConfigError, Claims, PermissionsClaim};
 pub use broker::{Broker, PublishError, StartError};
+pub use cli::{Cli, Command};
 pub use config::{Config, LogFormat, Secret, SlowConsumerPolicy};
 pub use listener::{RunningBroker, bind, serve, start};
 pub use metrics::{Metrics, Source};
@@ -68,6 +72,7 @@ pub use origin::OriginRuleError;
 pub use registry::TopicRegistry;
 pub use relay::{ClusterError, Published};
 pub use stats::STATS_TOPIC;
+pub use token::{TokenArgs, TokenError};
 
 /// Not part of the API: what the crate's own benchmarks reach. It may
 /// change in any release.
