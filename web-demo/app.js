@@ -40,13 +40,78 @@ const store = {
 
 let client = null;
 
+// --------------------------------------------------------------------- token
+
+const TOKEN_KEY = "starling.token";
+/** The token this page connects with, or null (a broker without auth). */
+let token = null;
+/** The reason of the broker's 1008 close once it refused the page's token. */
+let authRefusal = null;
+
+/**
+ * The token for a broker with auth on, from the URL fragment: `#token=JWT`
+ * (or `#dashboard&token=JWT`). A fragment never leaves the browser, so the
+ * token stays out of the server's logs. It is then taken out of the address
+ * bar (out of history and bookmarks) and kept in this tab's sessionStorage,
+ * so that a reload keeps it; `#token=` forgets it.
+ */
+function takeToken() {
+  const parts = location.hash.slice(1).split("&");
+  const given = parts.find((part) => part.startsWith("token="));
+  if (given === undefined) return session("get");
+  let value = given.slice("token=".length);
+  try {
+    value = decodeURIComponent(value);
+  } catch {
+    // not percent-encoded: a JWT never is
+  }
+  session(value ? "set" : "remove", value);
+  const rest = parts.filter((part) => part && !part.startsWith("token=")).join("&");
+  history.replaceState(null, "", rest ? `#${rest}` : location.pathname + location.search);
+  return value || null;
+}
+
+function session(op, value) {
+  try {
+    if (op === "get") return sessionStorage.getItem(TOKEN_KEY);
+    if (op === "set") sessionStorage.setItem(TOKEN_KEY, value);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: the token lasts as long as the page
+  }
+  return null;
+}
+
+/** What the page shows once the broker refused it (close 1008): why, and how to get a token. */
+function refusalNotice() {
+  const page = `${location.origin}${location.pathname}#token=TOKEN`;
+  const command =
+    "starling token --jwt-secret SECRET --sub NAME --subscribe 'chat.>' --subscribe '$sys.stats' --publish 'chat.>'";
+  const why = token
+    ? `Token refused: the broker says "${authRefusal}".`
+    : "Token required: this broker runs with auth on, and this page has no token.";
+  return [
+    why,
+    " Get one with ",
+    { code: command },
+    " (or --jwt-private-key KEY.pem instead of --jwt-secret), then open ",
+    { code: page },
+    ".",
+  ];
+}
+
 // ---------------------------------------------------------------- connection
 
 function showState(state, info = {}) {
+  if (state === "closed" && info.code === 1008) authRefusal = info.reason || "unauthorized";
   const conn = $("conn");
   conn.dataset.state = state;
-  $("conn-label").textContent = STATE_LABELS[state] || state;
+  let label = STATE_LABELS[state] || state;
+  if (authRefusal) label = token ? "Token refused" : "Token required";
+  $("conn-label").textContent = label;
+  if (authRefusal) conn.dataset.auth = "refused";
   conn.title = state === "connected" && info.node ? `Connected to node ${info.node}` : "";
+  if (authRefusal) conn.title = refusalNotice().map((part) => part.code ?? part).join("");
   document.body.dataset.conn = state;
   if (state === "connected" && info.reconnected) systemNote("Reconnected: you are live again");
   if (state === "reconnecting" && chat.room) systemNote("Connection lost: reconnecting…");
@@ -58,6 +123,20 @@ let bannerTimer = null;
 
 function updateBanner() {
   const banner = $("chat-banner");
+  if (authRefusal) {
+    // Kept until the page is opened again, with a token.
+    banner.replaceChildren(
+      ...refusalNotice().map((part) => {
+        if (typeof part === "string") return part;
+        const code = document.createElement("code");
+        code.textContent = part.code;
+        return code;
+      }),
+    );
+    banner.dataset.kind = "error";
+    banner.hidden = false;
+    return;
+  }
   const state = client ? client.state : "connecting";
   let text = "";
   let kind = "info";
@@ -89,6 +168,7 @@ function flashError(text) {
 
 function onClientError(err) {
   if (err.topic && watches.has(err.topic)) return; // the watch reports it
+  if (authRefusal && err.code === "terminated") return; // the banner says why
   flashError(`Broker error (${err.code}): ${err.message}`);
 }
 
@@ -457,6 +537,7 @@ function addWatch(raw) {
   updateWatchCount(w);
   w.unsubscribe = client.subscribe(pattern, (msg) => onWatchMessage(w, msg));
   w.unsubscribe.ready.catch((err) => {
+    if (authRefusal && err.code === "closed") return; // kept for when a token is given
     removeWatch(pattern);
     showWatchError(`Cannot watch ${pattern}: ${err.message} (${err.code})`);
   });
@@ -548,10 +629,12 @@ function toggleTheme() {
 
 function init() {
   const params = new URLSearchParams(location.search);
+  token = takeToken();
   client = new StarlingClient(params.get("broker") || undefined, {
     onState: showState,
     onError: onClientError,
     onLagged,
+    ...(token ? { token } : {}),
   });
   $("endpoint").textContent = client.url;
 
@@ -566,7 +649,15 @@ function init() {
       }
     });
   }
-  window.addEventListener("hashchange", () => showView(location.hash.slice(1)));
+  window.addEventListener("hashchange", () => {
+    // A token pasted into the address bar: connect again with it.
+    if (/(^|&)token=/.test(location.hash.slice(1))) {
+      takeToken();
+      location.reload();
+      return;
+    }
+    showView(location.hash.slice(1));
+  });
   $("theme-toggle").addEventListener("click", toggleTheme);
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", redrawAll);
   document.addEventListener("visibilitychange", () => {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use starling_protocol::{Filter, Topic};
 
 use crate::config::Config;
@@ -84,23 +84,38 @@ impl fmt::Debug for Verifier {
     }
 }
 
-/// The claims Starling reads.
-#[derive(Deserialize)]
-struct Claims {
-    #[serde(default)]
-    sub: Option<String>,
-    #[serde(default)]
-    exp: Option<u64>,
-    #[serde(default)]
-    permissions: Option<RawPermissions>,
+/// A token's claims, as the broker reads them and `starling token` writes
+/// them (docs/protocol.md, "Authentication and permissions"). Claims of
+/// other names are ignored; `nbf` is checked while the signature is
+/// verified, before these are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The client's identity: required and non-empty, at most 1 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// When the token expires, in seconds since the Unix epoch; enforced
+    /// when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// When the token was issued, in seconds since the Unix epoch. Written
+    /// for the record; the broker does not read it, whatever its form.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// What the client may do; none: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<PermissionsClaim>,
 }
 
-#[derive(Deserialize, Default)]
-struct RawPermissions {
+/// The `permissions` claim: topic filters (`chat.>`, `rooms.*.messages`,
+/// `$sys.stats`) a client may publish to and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionsClaim {
+    /// Topics matched by one of these filters may be published to.
     #[serde(default)]
-    publish: Vec<String>,
+    pub publish: Vec<String>,
+    /// Subscriptions inside one of these filters are allowed.
     #[serde(default)]
-    subscribe: Vec<String>,
+    pub subscribe: Vec<String>,
 }
 
 impl Verifier {

@@ -22,6 +22,7 @@
 //!
 //! | module | job |
 //! | --- | --- |
+//! | `cli`, `token` | the binary's command line (serve, or a subcommand); `starling token`, the claims `auth` reads, signed for development |
 //! | `listener` | bind, accept loop (back-off when out of descriptors), serve, shutdown order |
 //! | `http_api` | the router: `/healthz`, `/metrics`, `/api/publish`, `/ws` through hyper, the demo |
 //! | `assets` | the demo's files, embedded |
@@ -43,6 +44,7 @@
 mod assets;
 mod auth;
 mod broker;
+mod cli;
 mod config;
 mod connection;
 mod delivery;
@@ -61,9 +63,11 @@ mod stats;
 mod stream;
 mod sync;
 mod tls;
+mod token;
 
-pub use auth::AuthConfigError;
+pub use auth::{AuthConfigError, Claims, PermissionsClaim};
 pub use broker::{Broker, PublishError, StartError};
+pub use cli::{Cli, Command};
 pub use config::{Config, LogFormat, Secret, SlowConsumerPolicy};
 pub use listener::{RunningBroker, bind, serve, start};
 pub use metrics::{Metrics, Source};
@@ -72,6 +76,7 @@ pub use registry::TopicRegistry;
 pub use relay::{ClusterError, Published};
 pub use stats::STATS_TOPIC;
 pub use tls::TlsError;
+pub use token::{TokenArgs, TokenError};
 
 /// Not part of the API: what the crate's own benchmarks reach. It may
 /// change in any release.

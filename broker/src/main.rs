@@ -1,12 +1,34 @@
-//! The `starling` binary: parse the configuration, set up logging, serve.
+//! The `starling` binary: parse the configuration, set up logging, serve;
+//! or, as `starling token`, print a signed token.
 
 use clap::Parser;
-use starling_broker::{Broker, Config, LogFormat};
+use starling_broker::{Broker, Cli, Command, Config, LogFormat, TokenArgs};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::parse();
-    config.runtime()?.block_on(run(config))
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(&args),
+        None => {
+            let config = cli.config;
+            config.runtime()?.block_on(run(config))
+        }
+    }
+}
+
+/// Prints the token on stdout, alone on its line; or the reason there is
+/// none on stderr, and exits with 2 (a wrong command line) or 1.
+fn token(args: &TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    match args.sign() {
+        Ok(token) => {
+            println!("{token}");
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(if error.is_usage() { 2 } else { 1 });
+        }
+    }
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,7 +1,8 @@
 //! The demo page (`web-demo/`) in real headless Chromium, driven through
 //! chromedriver with fantoccini: chat between two pages and from Rust, HTML
 //! in messages shown as text, live dashboard charts, recovery after a broker
-//! restart, and a screenshot of each view in `target/e2e/`.
+//! restart, a broker with auth on (a token in the URL fragment, or the page
+//! saying that one is needed), and a screenshot of each view in `target/e2e/`.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver`; `.ci/run`
 //! installs them. Without them these tests fail (they never skip).
@@ -663,6 +664,133 @@ async fn the_page_reconnects_by_itself_after_a_broker_restart() {
             .await
             .expect("broker stops")
             .expect("broker stops cleanly");
+    })
+    .await;
+}
+
+/// What `starling token --jwt-secret SECRET --sub SUB --subscribe 'chat.>'
+/// --subscribe '$sys.stats' --publish 'chat.>'` prints, by the same code.
+fn dev_token(secret: &str, sub: &str) -> String {
+    let args = starling_broker::TokenArgs {
+        sub: sub.into(),
+        subscribe: vec!["chat.>".into(), "$sys.stats".into()],
+        publish: vec!["chat.>".into()],
+        ttl: Duration::from_secs(3600),
+        jwt_secret: Some(secret.into()),
+        jwt_private_key: None,
+    };
+    args.sign().expect("a token")
+}
+
+/// The chat banner's text, or "" while it is hidden.
+const BANNER: &str =
+    "const b = document.getElementById('chat-banner'); return b.hidden ? '' : b.textContent";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_the_page_chats_with_a_token_from_the_fragment_and_says_when_it_has_none() {
+    const SECRET: &str = "a development secret for the browser tests";
+    scenario(async |driver| {
+        let broker = TestBroker::with_config(|c| c.jwt_secret = Some(SECRET.into())).await;
+
+        // With `#token=...`: connected, and the token is gone from the address bar.
+        let page = driver.browser().await;
+        let token = dev_token(SECRET, "ada");
+        page.goto(&format!("{}/#token={token}", broker.http_url()))
+            .await
+            .expect("open the page");
+        wait_state(&page, "connected").await;
+        let url = page.current_url().await.expect("the page's address");
+        assert!(!url.as_str().contains("token"), "{url}");
+        assert_eq!(url.fragment(), Some("chat"), "{url}");
+        join(&page, "ada", "auth-room").await;
+        wait_subscribers(broker.broker(), "chat.auth-room", 1).await;
+
+        // A Rust client with a token of its own: the page's messages reach it
+        // from `ada`, and its messages reach the page.
+        let rust_token = dev_token(SECRET, "rust");
+        let mut rust = starling_tests::Client::connect(
+            &format!("{}?token={rust_token}", broker.ws_url()),
+            Some(starling_protocol::Codec::Json),
+        )
+        .await;
+        rust.subscribe("chat.auth-room").await;
+        say(&page, "hello with a token").await;
+        wait_message(&page, "ada", "hello with a token").await;
+        match rust.recv().await {
+            starling_protocol::Envelope::Message { from, payload, .. } => {
+                assert_eq!(from.as_deref(), Some("ada"));
+                let payload = payload.to_json_string();
+                assert_eq!(
+                    starling_tests::json_str(&payload, "text"),
+                    "hello with a token"
+                );
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+        rust.publish(
+            "chat.auth-room",
+            &chat_payload("rust", "hi ada, token checked"),
+        )
+        .await;
+        wait_message(&page, "rust", "hi ada, token checked").await;
+        // The dashboard's $sys.stats comes through too (the token allows it).
+        wait_js(
+            &page,
+            "a $sys.stats point",
+            &series_script("$sys.stats/connections"),
+            |v| v["points"].as_u64() >= Some(1),
+        )
+        .await;
+        let path = screenshot(&page, "chat-auth.png").await;
+        eprintln!("chat view with a token: {}", path.display());
+        // A reload keeps the token (it is in the tab's sessionStorage).
+        page.refresh().await.expect("reload");
+        wait_state(&page, "connected").await;
+
+        // Without a token: refused, and the page says how to get one.
+        let bare = driver.browser().await;
+        bare.goto(&format!("{}/#chat", broker.http_url()))
+            .await
+            .expect("open the page");
+        wait_state(&bare, "closed").await;
+        let label = js(
+            &bare,
+            "return document.getElementById('conn-label').textContent",
+        )
+        .await;
+        assert_eq!(label, "Token required");
+        let banner = js(&bare, BANNER).await;
+        let banner = banner.as_str().expect("a text");
+        for part in ["Token required", "starling token --jwt-secret", "#token="] {
+            assert!(banner.contains(part), "{part:?} not in {banner:?}");
+        }
+        // It stays: no retry, no other error replaces it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(js(&bare, BANNER).await, banner);
+        let path = screenshot(&bare, "chat-token-required.png").await;
+        eprintln!("chat view without a token: {}", path.display());
+
+        // A token the broker does not accept: the broker's reason is shown.
+        let forged = driver.browser().await;
+        let token = dev_token("another secret", "mallory");
+        forged
+            .goto(&format!("{}/#token={token}", broker.http_url()))
+            .await
+            .expect("open the page");
+        wait_state(&forged, "closed").await;
+        let label = js(
+            &forged,
+            "return document.getElementById('conn-label').textContent",
+        )
+        .await;
+        assert_eq!(label, "Token refused");
+        let banner = js(&forged, BANNER).await;
+        let banner = banner.as_str().expect("a text");
+        for part in ["Token refused", "bad signature", "starling token"] {
+            assert!(banner.contains(part), "{part:?} not in {banner:?}");
+        }
+        rust.close().await;
+        broker.stop().await;
     })
     .await;
 }
