@@ -17,7 +17,7 @@ use crate::origin::{OriginPolicy, OriginRuleError};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::memory::MemoryRelay;
 use crate::relay::redis::RedisRelay;
-use crate::relay::{ClusterError, LinkState, Published, Relay};
+use crate::relay::{ClusterError, LinkState, Published, RedisTlsFiles, Relay};
 use crate::tls::{Tls, TlsError};
 
 /// Why a publish was refused.
@@ -121,6 +121,13 @@ impl Broker {
                     url,
                     &config.redis_prefix,
                     config.redis_sharded,
+                    RedisTlsFiles {
+                        ca: config.redis_ca.as_deref(),
+                        client: config
+                            .redis_client_cert
+                            .as_deref()
+                            .zip(config.redis_client_key.as_deref()),
+                    },
                     registry.clone(),
                     metrics.clone(),
                     node_id.clone(),

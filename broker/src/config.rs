@@ -161,7 +161,8 @@ pub struct Config {
     #[arg(long, env = "STARLING_HISTORY_TOPICS", default_value_t = 100_000)]
     pub history_topics: usize,
 
-    /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` (default:
+    /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` or, over TLS,
+    /// `rediss://redis.internal:6380` (default:
     /// none, a single node).
     #[arg(long, env = "STARLING_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -176,6 +177,28 @@ pub struct Config {
     /// Patterns are then served from their own node's publishers only.
     #[arg(long, env = "STARLING_REDIS_SHARDED", requires = "redis_url")]
     pub redis_sharded: bool,
+
+    /// PEM root certificates that a `rediss://` Redis's certificate must
+    /// chain to (a private authority); default: the system's roots.
+    #[arg(long, env = "STARLING_REDIS_CA", requires = "redis_url")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a Redis that requires one
+    /// (`tls-auth-clients yes`), with `--redis-client-key`.
+    #[arg(
+        long,
+        env = "STARLING_REDIS_CLIENT_CERT",
+        requires_all = ["redis_url", "redis_client_key"]
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--redis-client-cert`.
+    #[arg(
+        long,
+        env = "STARLING_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Turns authentication on with HS256 tokens signed with this secret.
     #[arg(

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// With TLS: the TLS port and the server's TLS arguments.
+    tls: Option<(u16, Vec<String>)>,
 }
 
 fn free_port() -> u16 {
@@ -61,9 +63,46 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
+            tls: None,
         };
         server.restart();
         server
+    }
+
+    /// Starts a server that also serves TLS ([`RedisServer::tls_url`]) with
+    /// the server certificate of `certs`, and requires clients to present
+    /// a certificate of that authority (Redis's default,
+    /// `tls-auth-clients yes`). The plain port stays open for the test's
+    /// own [`RedisServer::command`]s.
+    pub fn start_tls(certs: &crate::TestCerts) -> Self {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let tls_port = free_port();
+        let args = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&certs.cert_path),
+            "--tls-key-file".to_owned(),
+            path(&certs.key_path),
+            "--tls-ca-cert-file".to_owned(),
+            path(&certs.ca_path),
+            "--tls-auth-clients".to_owned(),
+            "yes".to_owned(),
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            tls: Some((tls_port, args)),
+        };
+        server.restart();
+        server
+    }
+
+    /// `rediss://localhost:PORT`, the TLS port of a server started with
+    /// [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("a server started with TLS");
+        format!("rediss://localhost:{port}")
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -95,6 +134,7 @@ impl RedisServer {
                 "--protected-mode",
                 "no",
             ])
+            .args(self.tls.iter().flat_map(|(_, args)| args))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -21,6 +21,7 @@
 //! [`link`]).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use starling_protocol::{Filter, Payload, Topic};
@@ -49,6 +50,31 @@ pub enum ClusterError {
     /// The Redis URL does not parse.
     #[error("invalid redis url: {0}")]
     InvalidUrl(#[source] ::redis::RedisError),
+    /// A TLS file for `rediss://` cannot be read.
+    #[error("{path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS files for `rediss://` cannot be used (not PEM, a key that
+    /// does not fit).
+    #[error("cannot set up TLS for redis: {0}")]
+    Tls(#[source] ::redis::RedisError),
+    /// TLS files are given for a URL that is not `rediss://`.
+    #[error("--redis-ca and --redis-client-cert need a rediss:// URL")]
+    TlsWithoutRediss,
+}
+
+/// The files of a `rediss://` link: roots and a client certificate, PEM.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RedisTlsFiles<'a> {
+    /// Root certificates (default: the system's).
+    pub(crate) ca: Option<&'a Path>,
+    /// A client certificate and its key.
+    pub(crate) client: Option<(&'a Path, &'a Path)>,
 }
 
 /// The state of the link to the other nodes.

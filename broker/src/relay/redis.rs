@@ -32,13 +32,13 @@ use crate::relay::link::{
 };
 use crate::relay::sharded;
 use crate::relay::wire::{self, Names, Outbound, Subscription};
-use crate::relay::{ClusterError, LinkState, Published, Relay};
+use crate::relay::{ClusterError, LinkState, Published, RedisTlsFiles, Relay};
 use crate::sync::lock;
 
 /// How the node reaches Redis.
 enum Mode {
     /// One Redis (or a primary with replicas): `PUBLISH`/`SUBSCRIBE`.
-    Classic(redis::Client),
+    Classic(Box<redis::Client>),
     /// A Redis Cluster: `SPUBLISH`/`SSUBSCRIBE`.
     Sharded(Box<redis::cluster::ClusterClient>),
 }
@@ -66,6 +66,38 @@ impl std::fmt::Debug for RedisRelay {
     }
 }
 
+/// The certificates of a `rediss://` link, read from `files`; `None` when
+/// there are none (a `rediss://` URL then trusts the system's roots).
+fn tls_certificates(
+    url: &str,
+    files: RedisTlsFiles<'_>,
+) -> Result<Option<redis::TlsCertificates>, ClusterError> {
+    if files.ca.is_none() && files.client.is_none() {
+        return Ok(None);
+    }
+    if !url.starts_with("rediss://") {
+        return Err(ClusterError::TlsWithoutRediss);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClusterError::TlsFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let client_tls = match files.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        None => None,
+    };
+    let root_cert = files.ca.map(read).transpose()?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
 impl RedisRelay {
     /// A relay through the Redis at `url` (a Redis Cluster when `sharded`).
     /// Connects nothing yet: [`Relay::start`] does, and never waits for
@@ -74,6 +106,7 @@ impl RedisRelay {
         url: &str,
         prefix: &str,
         sharded: bool,
+        tls: RedisTlsFiles<'_>,
         registry: Arc<TopicRegistry>,
         metrics: Arc<Metrics>,
         node: Arc<str>,
@@ -84,10 +117,20 @@ impl RedisRelay {
             node,
             names: Names::new(prefix),
         };
+        let certificates = tls_certificates(url, tls)?;
         let mode = if sharded {
-            Mode::Sharded(Box::new(sharded::client(url, inbound.clone())?))
+            Mode::Sharded(Box::new(sharded::client(
+                url,
+                certificates,
+                inbound.clone(),
+            )?))
         } else {
-            Mode::Classic(redis::Client::open(url).map_err(ClusterError::InvalidUrl)?)
+            Mode::Classic(Box::new(match certificates {
+                Some(certificates) => {
+                    redis::Client::build_with_tls(url, certificates).map_err(ClusterError::Tls)?
+                }
+                None => redis::Client::open(url).map_err(ClusterError::InvalidUrl)?,
+            }))
         };
         let (outbound, outbound_rx) = mpsc::channel(RELAY_QUEUE);
         Ok(RedisRelay {
@@ -148,6 +191,7 @@ impl Relay for RedisRelay {
         let prefix = self.inbound.names.prefix();
         let tasks = match mode {
             Mode::Classic(client) => {
+                let client = *client;
                 info!(%prefix, "clustering through redis");
                 vec![
                     tokio::spawn(relay_out(

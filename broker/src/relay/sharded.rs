@@ -21,7 +21,11 @@ use crate::relay::wire::{self, Outbound, Subscription};
 
 /// A Redis Cluster client whose pushed messages are delivered through
 /// `inbound` as they arrive.
-pub(crate) fn client(url: &str, inbound: Inbound) -> Result<ClusterClient, ClusterError> {
+pub(crate) fn client(
+    url: &str,
+    certificates: Option<redis::TlsCertificates>,
+    inbound: Inbound,
+) -> Result<ClusterClient, ClusterError> {
     // Messages are handed over by the client's own task, as they arrive.
     let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
         if push.kind == PushKind::SMessage
@@ -31,13 +35,18 @@ pub(crate) fn client(url: &str, inbound: Inbound) -> Result<ClusterClient, Clust
         }
         Ok(())
     };
-    ClusterClientBuilder::new(vec![url])
+    let builder = ClusterClientBuilder::new(vec![url])
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(REDIS_TIMEOUT)
         .response_timeout(REDIS_TIMEOUT)
-        .push_sender(on_push)
-        .build()
-        .map_err(ClusterError::InvalidUrl)
+        .push_sender(on_push);
+    match certificates {
+        Some(certificates) => builder
+            .certs(certificates)
+            .build()
+            .map_err(ClusterError::Tls),
+        None => builder.build().map_err(ClusterError::InvalidUrl),
+    }
 }
 
 /// Relays queued messages out and keeps the sharded subscriptions equal to
