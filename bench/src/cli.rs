@@ -1,6 +1,7 @@
 //! Command-line interface: one subcommand per scenario, with the flags they
 //! share flattened into each.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -71,7 +72,8 @@ impl From<CodecArg> for Codec {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Common {
-    /// The broker's WebSocket URL (ws:// only). Nothing else is ever connected to.
+    /// The broker's WebSocket URL, ws:// or wss://. Nothing else is ever
+    /// connected to.
     #[arg(
         long,
         env = "STARLING_BENCH_URL",
@@ -83,6 +85,23 @@ pub(crate) struct Common {
     /// per cluster node); default: `--url`. Publishers always use `--url`.
     #[arg(long = "subscriber-url", value_name = "URL")]
     pub(crate) subscriber_urls: Vec<String>,
+
+    /// A JWT every connection presents (`Authorization: Bearer`), for a
+    /// broker with auth on. It must allow subscribing and publishing to the
+    /// bench's topics (`<topic-prefix>.>`).
+    #[arg(
+        long,
+        env = "STARLING_BENCH_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT"
+    )]
+    pub(crate) token: Option<String>,
+
+    /// A PEM file of certificate authorities that `wss://` connections
+    /// trust besides the system's (repeat the flag for more), for a broker
+    /// whose certificate a private authority signed.
+    #[arg(long = "ca-file", value_name = "PEM_FILE")]
+    pub(crate) ca_files: Vec<PathBuf>,
 
     /// Codec of the subscriber connections (and of publishers unless --publisher-codec).
     #[arg(long, value_enum, default_value_t = CodecArg::Json)]
@@ -285,6 +304,32 @@ mod tests {
         assert_eq!(args.load.duration, Duration::from_secs(20));
         assert_eq!(args.common.broker_pid, Some(42));
         assert_eq!(args.common.url, "ws://127.0.0.1:7070/ws");
+        assert_eq!(args.common.token, None);
+        assert!(args.common.ca_files.is_empty());
+    }
+
+    #[test]
+    fn takes_a_token_and_ca_files() {
+        let cli = Cli::parse_from([
+            "starling-bench",
+            "saturate",
+            "--url",
+            "wss://broker.example:443/ws",
+            "--token",
+            "a.b.c",
+            "--ca-file",
+            "one.pem",
+            "--ca-file",
+            "two.pem",
+        ]);
+        let Scenario::Saturate(args) = cli.scenario else {
+            panic!("saturate parses as saturate")
+        };
+        assert_eq!(args.common.token.as_deref(), Some("a.b.c"));
+        assert_eq!(
+            args.common.ca_files,
+            [PathBuf::from("one.pem"), PathBuf::from("two.pem")]
+        );
     }
 
     #[test]

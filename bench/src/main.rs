@@ -13,8 +13,10 @@ mod reader;
 mod report;
 mod scan;
 mod scenarios;
+mod socket;
 mod stats;
 mod subscribers;
+mod tls;
 mod wire;
 mod ws;
 

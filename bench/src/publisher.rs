@@ -19,7 +19,7 @@ use crate::cli::Until;
 use crate::frame::PublishEncoder;
 use crate::scan::{self, Scan};
 use crate::stats::{Latency, Tally, Window, now_ns};
-use crate::ws::{self, Ws};
+use crate::ws::{self, Dialer, Ws};
 
 /// Most messages written in one go when a rate publisher is behind schedule,
 /// so that it still reads what the broker sends.
@@ -88,6 +88,8 @@ impl Progress {
 #[derive(Debug, Clone)]
 pub(crate) struct PublisherPlan {
     pub(crate) url: String,
+    /// The token and TLS configuration of every connection.
+    pub(crate) dialer: Dialer,
     pub(crate) codec: Codec,
     pub(crate) payload_bytes: usize,
     /// Message k (over all publishers) goes to topic k mod the number of topics.
@@ -241,7 +243,7 @@ async fn run(
     let encoder = PublishEncoder::new(plan.codec, plan.payload_bytes);
     let config = ws::config(READ_BUFFER);
     let results: Vec<_> = stream::iter(0..plan.publishers)
-        .map(|_| ws::connect(&plan.url, plan.codec, config))
+        .map(|_| ws::connect(&plan.dialer, &plan.url, plan.codec, config))
         .buffer_unordered(64)
         .collect()
         .await;

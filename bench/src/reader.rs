@@ -10,18 +10,18 @@
 //! control frame the socket did not take at once. The loop answers pings and
 //! the broker's close with masked frames, as a client must.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
 use starling_protocol::framing::{Header, opcode};
 use starling_protocol::{Codec, Envelope};
 
 use crate::publisher::Progress;
 use crate::scan::{self, Scan};
+use crate::socket::Socket;
 use crate::stats::{SubscriberStats, Window, now_ns};
 use crate::wire::{self, Broken, Masks};
 
@@ -36,7 +36,7 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// One subscriber connection in the loop.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Socket,
     /// Our close is sent: the connection waits for the broker's.
     closing: bool,
     /// The start of a frame that has not fully arrived (usually empty).
@@ -57,7 +57,7 @@ enum End {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: Socket) -> Self {
         Conn {
             stream,
             closing: false,
@@ -127,7 +127,7 @@ impl Conn {
     /// Writes `bytes`, keeping what the socket does not take for later.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.outbox.is_empty() {
-            let written = write_some(&mut self.stream, bytes)?;
+            let written = self.stream.write_some(bytes)?;
             self.outbox.extend_from_slice(&bytes[written..]);
         } else {
             self.outbox.extend_from_slice(bytes);
@@ -137,27 +137,13 @@ impl Conn {
 
     /// Writes what is waiting, as far as the socket takes it.
     fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()?;
         if !self.outbox.is_empty() {
-            let written = write_some(&mut self.stream, &self.outbox)?;
+            let written = self.stream.write_some(&self.outbox)?;
             self.outbox.drain(..written);
         }
         Ok(())
     }
-}
-
-/// Writes as much of `bytes` as the socket takes now.
-fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < bytes.len() {
-        match stream.write(&bytes[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }
 
 /// Classifies frames and counts them, for every connection.
@@ -349,8 +335,8 @@ impl Reader {
                         filled = 0;
                     }
                     // A short read emptied the socket's receive queue: bytes
-                    // that arrive later raise a new edge (as nginx relies on).
-                    if n < room {
+                    // that arrive later raise a new edge.
+                    if n < room && conn.stream.short_read_drains() {
                         break None;
                     }
                 }
@@ -371,6 +357,7 @@ impl Reader {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        conn.stream.shutdown();
         self.open -= 1;
         match (conn.closing, end) {
             // The broker's close is counted in `closes`.
@@ -442,20 +429,34 @@ mod tests {
     use super::*;
     use crate::ws;
     use mio::Interest;
+    use mio::net::TcpStream;
     use starling_protocol::framing::{self, FIN};
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::time::Instant;
 
-    /// A reader with one connection, and the server's end of it.
-    fn pair(codec: Codec) -> (Reader, StdStream, Arc<Progress>) {
+    /// Both ends of a connection: the client's and the server's (which
+    /// reads for at most 5 s).
+    fn sockets() -> (StdStream, StdStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
+        (client, server)
+    }
+
+    /// A reader with one connection, and the server's end of it.
+    fn pair(codec: Codec) -> (Reader, StdStream, Arc<Progress>) {
+        let (client, server) = sockets();
         client.set_nonblocking(true).unwrap();
-        let mut socket = TcpStream::from_std(client);
+        let (reader, progress) = reader_on(Socket::Plain(TcpStream::from_std(client)), codec);
+        (reader, server, progress)
+    }
+
+    /// A reader with one connection on `socket`.
+    fn reader_on(mut socket: Socket, codec: Codec) -> (Reader, Arc<Progress>) {
         let poll = Poll::new().unwrap();
         poll.registry()
             .register(
@@ -478,7 +479,7 @@ mod tests {
             start_ns: 0,
             end_ns: u64::MAX,
         };
-        (reader, server, progress)
+        (reader, progress)
     }
 
     /// Turns the loop until `done` holds (at most 5 s).
@@ -509,7 +510,7 @@ mod tests {
     }
 
     /// The next frame the client sent: opcode and unmasked payload.
-    fn client_frame(server: &mut StdStream) -> (u8, Vec<u8>) {
+    fn client_frame(server: &mut impl Read) -> (u8, Vec<u8>) {
         let mut bytes = Vec::new();
         let mut byte = [0u8];
         loop {
@@ -681,5 +682,117 @@ mod tests {
             .unwrap();
         turn_until(&mut reader, |r| r.counter.stats.received_total == 1);
         assert_eq!(reader.counter.stats.received, 1);
+    }
+
+    /// The server's end of a TLS connection: blocking, one record per write.
+    type TlsServer = rustls::StreamOwned<rustls::ServerConnection, StdStream>;
+
+    /// A reader with one TLS connection (handshake done, as tokio-rustls
+    /// hands it over), and the server's end of it.
+    fn tls_pair(codec: Codec) -> (Reader, TlsServer) {
+        use crate::tls::TlsSocket;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use rustls::{ClientConnection, ServerConfig, ServerConnection};
+
+        let certs = starling_tests::TestCerts::new();
+        let chain = CertificateDer::pem_file_iter(&certs.cert_path)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&certs.key_path).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let (mut client, mut server) = sockets();
+        let handshake = std::thread::spawn(move || {
+            let mut tls = ServerConnection::new(Arc::new(server_config)).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut server).unwrap();
+            }
+            rustls::StreamOwned::new(tls, server)
+        });
+        let name = "localhost".try_into().unwrap();
+        let mut tls = ClientConnection::new(certs.client_config(), name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut client).unwrap();
+        }
+        let server = handshake.join().unwrap();
+        client.set_nonblocking(true).unwrap();
+        let socket = TlsSocket::new(TcpStream::from_std(client), tls);
+        let (reader, _) = reader_on(Socket::Tls(Box::new(socket)), codec);
+        (reader, server)
+    }
+
+    #[test]
+    fn over_tls_deliveries_split_across_records_are_counted() {
+        let (mut reader, mut server) = tls_pair(Codec::Json);
+        let sent = now_ns() - 2_000_000;
+        let mut stream = Vec::new();
+        for pad in [10, 300, 70_000, 20] {
+            stream.extend(frame(true, opcode::TEXT, &delivery(sent, pad)));
+        }
+        // Records of 7 bytes split headers and frames anywhere; records of
+        // 16 KB hold more than the reader's 1 KiB reads.
+        let (small, large) = stream.split_at(500);
+        let mut events = Events::with_capacity(16);
+        for piece in small.chunks(7) {
+            server.write_all(piece).unwrap();
+            reader.turn(&mut events, Duration::ZERO).unwrap();
+        }
+        for piece in large.chunks(16 * 1024) {
+            server.write_all(piece).unwrap();
+        }
+        turn_until(&mut reader, |r| r.counter.stats.received_total == 4);
+        let stats = &reader.counter.stats;
+        assert_eq!((stats.received, stats.undecodable), (4, 0));
+        assert!(stats.disconnects.is_empty());
+        assert!(reader.conns[0].as_ref().unwrap().carry.is_empty());
+    }
+
+    #[test]
+    fn over_tls_pings_are_answered_and_our_close_completes() {
+        let (mut reader, mut server) = tls_pair(Codec::Json);
+        let mut stream = frame(true, opcode::PING, b"still there?");
+        stream.extend(frame(true, opcode::TEXT, &delivery(now_ns(), 10)));
+        server.write_all(&stream).unwrap();
+        // The pong is written as soon as the ping is read, before the delivery.
+        turn_until(&mut reader, |r| r.counter.stats.received_total == 1);
+        let pong = client_frame(&mut server);
+        assert_eq!(pong, (opcode::PONG, b"still there?".to_vec()));
+        reader.close_all();
+        let (opcode, payload) = client_frame(&mut server);
+        assert_eq!(opcode, opcode::CLOSE);
+        assert_eq!(payload, wire::close_payload(1000, "bench done"));
+        server
+            .write_all(&frame(true, opcode::CLOSE, &1000u16.to_be_bytes()))
+            .unwrap();
+        turn_until(&mut reader, |r| r.open == 0);
+        assert_eq!((reader.closed_cleanly, reader.close_timeouts), (1, 0));
+        // The session ended with close_notify: the server reads its end.
+        let mut rest = Vec::new();
+        assert_eq!(server.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn over_tls_a_delivery_right_before_close_notify_is_counted() {
+        let (mut reader, mut server) = tls_pair(Codec::Json);
+        server
+            .write_all(&frame(true, opcode::TEXT, &delivery(now_ns(), 10)))
+            .unwrap();
+        server.conn.send_close_notify();
+        server.flush().unwrap();
+        server.sock.shutdown(std::net::Shutdown::Both).unwrap();
+        // Both arrive in one read; the end is seen without another edge.
+        turn_until(&mut reader, |r| r.open == 0);
+        assert_eq!(reader.counter.stats.received, 1);
+        assert_eq!(
+            reader.counter.stats.disconnects.to_string(),
+            "protocol: Connection reset without closing handshake: 1"
+        );
     }
 }

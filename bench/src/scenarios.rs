@@ -14,7 +14,7 @@ use crate::publisher::{Mode, Progress, PublisherPlan, Publishers, Schedule};
 use crate::report::{BrokerFigures, LoadFigures, SubscriberFigures, Summary};
 use crate::stats::{Window, now_ns};
 use crate::subscribers::{Ready, SubscriberPlan, SubscriberReport, Subscribers};
-use crate::ws;
+use crate::ws::{self, Dialer};
 
 /// File descriptors kept free beyond one per connection.
 const SPARE_FDS: u64 = 64;
@@ -217,26 +217,80 @@ struct LoadSpec<'a> {
 
 impl Common {
     /// The URLs subscriber connections go to.
-    fn subscriber_urls(&self) -> Result<Vec<String>> {
+    fn subscriber_urls(&self) -> Vec<String> {
         if self.subscriber_urls.is_empty() {
-            return Ok(vec![self.url.clone()]);
+            vec![self.url.clone()]
+        } else {
+            self.subscriber_urls.clone()
         }
-        for url in &self.subscriber_urls {
-            ws::check_url(url)?;
-        }
-        Ok(self.subscriber_urls.clone())
     }
+
+    /// What the connections to `urls` (checked) present.
+    fn dialer(&self, urls: &[String]) -> Result<Dialer> {
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        Dialer::new(self.token.as_deref(), &self.ca_files, &urls)
+    }
+}
+
+/// One connection [`probe`] opens.
+struct Probe<'a> {
+    url: &'a str,
+    codec: Codec,
+    subscribe_to: Option<&'a str>,
+    publish_to: Option<&'a str>,
+}
+
+/// Opens one connection per distinct URL before the load ([`ws::probe`]):
+/// a refused token, an untrusted certificate or missing permissions end the
+/// run at once, with the broker's words.
+fn probe(dialer: &Dialer, probes: &[Probe<'_>]) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the probe's runtime")?;
+    runtime.block_on(async {
+        for (i, p) in probes.iter().enumerate() {
+            // Subscriber URLs repeated for their share of connections.
+            if probes[..i]
+                .iter()
+                .any(|q| q.url == p.url && q.publish_to == p.publish_to)
+            {
+                continue;
+            }
+            ws::probe(dialer, p.url, p.codec, p.subscribe_to, p.publish_to).await?;
+        }
+        Ok(())
+    })
 }
 
 fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
     let common = spec.common;
-    ws::check_url(&common.url)?;
+    let subscriber_urls = common.subscriber_urls();
+    let mut urls = subscriber_urls.clone();
+    urls.push(common.url.clone());
+    let dialer = common.dialer(&urls)?;
     let subscriptions = spec.subs.subscribers as usize;
     let connections = spec.subs.connections.unwrap_or(spec.subs.subscribers) as usize;
     raise_nofile((connections + spec.publishers) as u64)?;
     let codec = Codec::from(common.codec);
     let publisher_codec = spec.load.publisher_codec.map_or(codec, Codec::from);
     let topics = Arc::new(spec.topics);
+    let mut probes: Vec<Probe<'_>> = subscriber_urls
+        .iter()
+        .map(|url| Probe {
+            url,
+            codec,
+            subscribe_to: Some(&topics[0]),
+            publish_to: None,
+        })
+        .collect();
+    probes.push(Probe {
+        url: &common.url,
+        codec: publisher_codec,
+        subscribe_to: None,
+        publish_to: Some(&topics[0]),
+    });
+    probe(&dialer, &probes)?;
     let (per_connection, repeats) = spread(subscriptions, connections, topics.len());
     let mut notes = Vec::new();
     if repeats > 0 {
@@ -257,7 +311,8 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
     );
     let progress = Arc::new(Progress::default());
     let plan = SubscriberPlan {
-        urls: common.subscriber_urls()?,
+        urls: subscriber_urls,
+        dialer: dialer.clone(),
         codec,
         topics: topics.clone(),
         per_connection,
@@ -285,6 +340,7 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
 
     let (publishers, publisher_ready) = Publishers::start(PublisherPlan {
         url: common.url.clone(),
+        dialer,
         codec: publisher_codec,
         payload_bytes: spec.load.payload_bytes,
         topics,
@@ -446,7 +502,8 @@ fn run_load(spec: LoadSpec<'_>) -> Result<Summary> {
 
 fn run_idle(name: &'static str, args: &IdleArgs) -> Result<Summary> {
     let common = &args.common;
-    ws::check_url(&common.url)?;
+    let urls = common.subscriber_urls();
+    let dialer = common.dialer(&urls)?;
     let connections = args.connections as usize;
     raise_nofile(connections as u64)?;
     let codec = Codec::from(common.codec);
@@ -460,8 +517,19 @@ fn run_idle(name: &'static str, args: &IdleArgs) -> Result<Summary> {
     let per_connection = (0..connections)
         .map(|i| vec![if args.distinct_topics { i } else { 0 }])
         .collect();
+    let probes: Vec<Probe<'_>> = urls
+        .iter()
+        .map(|url| Probe {
+            url,
+            codec,
+            subscribe_to: Some(&topics[0]),
+            publish_to: None,
+        })
+        .collect();
+    probe(&dialer, &probes)?;
     let plan = SubscriberPlan {
-        urls: common.subscriber_urls()?,
+        urls,
+        dialer,
         codec,
         topics: Arc::new(topics),
         per_connection,

@@ -5,7 +5,8 @@
 //! current-thread runtime of that thread, `concurrency` handshakes at a
 //! time). As soon as a connection has read the answer to each of its
 //! subscriptions, the loop takes its socket back from tungstenite and
-//! registers it with one `mio::Poll`, edge-triggered. Taking the socket drops
+//! registers it with one `mio::Poll`, edge-triggered (with its TLS session,
+//! for `wss://`: see [`crate::tls`]). Taking the socket drops
 //! whatever tungstenite has read but not returned yet; there is nothing such:
 //! the broker sends a connection nothing after its subscribe answers until
 //! something is published, and the publishers start only once every
@@ -30,15 +31,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use futures_util::{StreamExt, stream};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use starling_protocol::{Codec, Limits};
-use tokio_tungstenite::MaybeTlsStream;
 
 use crate::publisher::Progress;
 use crate::reader::{Conn, Reader, WAKER};
+use crate::socket::Socket;
 use crate::stats::{SubscriberStats, Tally, Window, now_ns};
-use crate::ws::{self, Ws};
+use crate::ws::{self, Dialer};
 
 /// After the publishers stop, how long to wait at most for deliveries.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -66,6 +66,8 @@ const EVENTS: usize = 1024;
 pub(crate) struct SubscriberPlan {
     /// Subscriber connection `i` goes to `urls[i % urls.len()]`.
     pub(crate) urls: Vec<String>,
+    /// The token and TLS configuration of every connection.
+    pub(crate) dialer: Dialer,
     pub(crate) codec: Codec,
     /// Every topic of the run.
     pub(crate) topics: Arc<Vec<String>>,
@@ -287,11 +289,11 @@ async fn connect_all(plan: &SubscriberPlan, registry: &Registry) -> (Ready, Vec<
     let mut connecting = stream::iter(plan.per_connection.iter().enumerate())
         .map(|(i, topic_ixs)| async move {
             let url = &plan.urls[i % plan.urls.len()];
-            let (mut ws, limits) = ws::connect(url, plan.codec, config).await?;
+            let (mut ws, limits) = ws::connect(&plan.dialer, url, plan.codec, config).await?;
             let names: Vec<&str> = topic_ixs.iter().map(|&i| plan.topics[i].as_str()).collect();
             // Reads the answer to every subscribe: only then is the socket taken.
             let subscribed = ws::subscribe(&mut ws, plan.codec, &names).await?;
-            let socket = take_socket(ws)?;
+            let socket = Socket::take(ws)?;
             let acked: Vec<usize> = subscribed.acked.iter().map(|&k| topic_ixs[k]).collect();
             Ok::<_, String>((socket, limits, acked, subscribed.refused))
         })
@@ -324,19 +326,4 @@ async fn connect_all(plan: &SubscriberPlan, registry: &Registry) -> (Ready, Vec<
     }
     ready.took = started.elapsed();
     (ready, conns)
-}
-
-/// The socket under a subscribed connection, nonblocking, for mio. The
-/// caller makes sure that tungstenite holds no unread frame.
-fn take_socket(ws: Ws) -> Result<TcpStream, String> {
-    match ws.into_inner() {
-        MaybeTlsStream::Plain(tcp) => {
-            let std = tcp
-                .into_std()
-                .map_err(|e| format!("cannot take the socket: {e}"))?;
-            // tokio hands it over nonblocking, as mio needs it.
-            Ok(TcpStream::from_std(std))
-        }
-        _ => Err("not a plain TCP connection".to_owned()),
-    }
 }

@@ -1,21 +1,28 @@
 //! Opening and closing WebSocket connections to the broker: the handshake
-//! with the codec's subprotocol, the `welcome`, subscriptions, and the
-//! closing handshake.
+//! with the codec's subprotocol, the token and TLS, the `welcome`,
+//! subscriptions, and the closing handshake.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
-use starling_protocol::{Codec, Envelope, Filter, Frame, Limits};
+use rustls::ClientConfig;
+use starling_protocol::{Codec, Envelope, ErrorCode, Filter, Frame, Limits};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::frame::PublishEncoder;
+use crate::stats::now_ns;
+use crate::tls;
 
 /// A client connection.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -23,14 +30,63 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long one handshake, `welcome` or round of subscribe acks may take.
 pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How a connection refused with 1008 (policy) before its `welcome` is
+/// reported: the broker's answer to a missing or bad token.
+const REFUSED: &str = "refused with 1008";
+
 /// Checks that `url` is one this tool can connect to.
 pub(crate) fn check_url(url: &str) -> Result<()> {
-    if !url.starts_with("ws://") {
-        bail!("--url must be a ws:// URL (this tool has no TLS), got {url:?}");
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        bail!("the broker's URL must be ws:// or wss://, got {url:?}");
     }
     url.into_client_request()
-        .map_err(|e| anyhow::anyhow!("--url {url:?} is not a usable WebSocket URL: {e}"))?;
+        .map_err(|e| anyhow!("{url:?} is not a usable WebSocket URL: {e}"))?;
     Ok(())
+}
+
+/// What every connection the bench opens presents: the token, and for
+/// `wss://` what the broker's certificate is checked against.
+#[derive(Clone, Default)]
+pub(crate) struct Dialer {
+    /// `Bearer <token>`, marked sensitive.
+    authorization: Option<HeaderValue>,
+    /// Built when a URL is `wss://`.
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Dialer {
+    /// A dialer for `urls` (checked), presenting `token`, trusting the
+    /// system's roots and `ca_files` for those that are `wss://`.
+    pub(crate) fn new(token: Option<&str>, ca_files: &[PathBuf], urls: &[&str]) -> Result<Self> {
+        for url in urls {
+            check_url(url)?;
+        }
+        let authorization = match token.map(str::trim) {
+            None => None,
+            Some("") => bail!("--token is empty"),
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| anyhow!("--token holds characters a header cannot carry"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        let tls = if urls.iter().any(|url| url.starts_with("wss://")) {
+            Some(tls::client_config(ca_files)?)
+        } else {
+            None
+        };
+        Ok(Dialer { authorization, tls })
+    }
 }
 
 /// The WebSocket settings of the bench's connections: no message or frame
@@ -68,30 +124,55 @@ pub(crate) fn close_code(frame: Option<&CloseFrame>) -> String {
 pub(crate) fn failure(error: &WsError) -> String {
     match error {
         WsError::Http(response) => format!("HTTP {}", response.status()),
-        WsError::Io(e) => match e.raw_os_error() {
-            Some(_) => e.to_string(),
-            None => format!("{:?}", e.kind()),
+        WsError::Io(e) => match (e.raw_os_error(), e.get_ref()) {
+            (Some(_), _) => e.to_string(),
+            // A TLS failure, for one: rustls's words.
+            (None, Some(inner)) => inner.to_string(),
+            (None, None) => format!("{:?}", e.kind()),
         },
         WsError::Protocol(e) => format!("protocol: {e}"),
         other => other.to_string(),
     }
 }
 
+/// The broker's close frame, for a report: the code and the reason.
+fn closed_with(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(f) if !f.reason.is_empty() => format!("{} ({})", u16::from(f.code), f.reason),
+        _ => close_code(frame),
+    }
+}
+
 /// Opens a connection with `codec` and reads its `welcome`. Errors are short
 /// reasons, grouped in the report.
 pub(crate) async fn connect(
+    dialer: &Dialer,
     url: &str,
     codec: Codec,
     config: WebSocketConfig,
 ) -> Result<(Ws, Limits), String> {
     let mut request = url.into_client_request().map_err(|e| failure(&e))?;
-    request.headers_mut().insert(
+    let headers = request.headers_mut();
+    headers.insert(
         SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(codec.subprotocol()),
     );
+    if let Some(authorization) = &dialer.authorization {
+        headers.insert(AUTHORIZATION, authorization.clone());
+    }
+    let connector = match (&dialer.tls, url.starts_with("wss://")) {
+        (Some(tls), true) => Connector::Rustls(tls.clone()),
+        (None, true) => return Err("no TLS configuration for a wss:// URL".to_owned()),
+        (_, false) => Connector::Plain,
+    };
     let (mut ws, _response) = timeout(
         STEP_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(connector),
+        ),
     )
     .await
     .map_err(|_| "handshake timed out".to_owned())?
@@ -105,15 +186,115 @@ pub(crate) async fn connect(
             Some(Ok(other)) => Err(format!("first frame is {}, not welcome", other.type_name())),
             Some(Err(e)) => Err(format!("undecodable welcome: {e}")),
             None => match message {
+                Message::Close(Some(frame)) if frame.code == CloseCode::Policy => {
+                    Err(match frame.reason.as_str() {
+                        "" => REFUSED.to_owned(),
+                        reason => format!("{REFUSED} ({reason})"),
+                    })
+                }
                 Message::Close(frame) => Err(format!(
                     "closed before welcome with {}",
-                    close_code(frame.as_ref())
+                    closed_with(frame.as_ref())
                 )),
                 _ => Err("control frame before welcome".to_owned()),
             },
         },
         Some(Err(e)) => Err(failure(&e)),
         None => Err("closed before welcome".to_owned()),
+    }
+}
+
+/// Opens one connection to `url` and checks, before any load, what would
+/// otherwise fail once per connection, or silently: the handshake (TLS and
+/// the token), and whether the token lets the bench subscribe to
+/// `subscribe_to` and publish to `publish_to` (one publish, acked). The error
+/// says what to fix.
+pub(crate) async fn probe(
+    dialer: &Dialer,
+    url: &str,
+    codec: Codec,
+    subscribe_to: Option<&str>,
+    publish_to: Option<&str>,
+) -> Result<()> {
+    let (mut ws, _limits) = connect(dialer, url, codec, config(0))
+        .await
+        .map_err(|reason| {
+            let hint = if reason.starts_with(REFUSED) {
+                match dialer.authorization {
+                    Some(_) => ": the broker does not accept --token",
+                    None => ": the broker wants a token (--token or STARLING_BENCH_TOKEN)",
+                }
+            } else if reason.contains("invalid peer certificate") {
+                ": add the authority that signed the broker's certificate with --ca-file"
+            } else {
+                ""
+            };
+            anyhow!("cannot connect to {url}: {reason}{hint}")
+        })?;
+    let checked = permissions(&mut ws, codec, subscribe_to, publish_to).await;
+    close(&mut ws, STEP_TIMEOUT).await;
+    checked.map_err(|reason| anyhow!("{url}: {reason}"))
+}
+
+/// Subscribes to `subscribe_to` and publishes once to `publish_to`, and
+/// waits for the answers; the error says which was refused.
+async fn permissions(
+    ws: &mut Ws,
+    codec: Codec,
+    subscribe_to: Option<&str>,
+    publish_to: Option<&str>,
+) -> Result<(), String> {
+    let refused = |what: &str, code: &str| {
+        let hint = if code == ErrorCode::Unauthorized.as_str() {
+            " (the token's permissions must cover the bench's topics: see --topic-prefix)"
+        } else {
+            ""
+        };
+        format!("{what} was refused with {code}{hint}")
+    };
+    if let Some(topic) = subscribe_to
+        && let Some(code) = subscribe(ws, codec, &[topic]).await?.refused.first()
+    {
+        return Err(refused(&format!("subscribing to {topic}"), code));
+    }
+    let Some(topic) = publish_to else {
+        return Ok(());
+    };
+    // Id 1 was the subscription's, answered. (Small: a JavaScript peer
+    // reads ids as doubles.)
+    let id = 2;
+    let publish = PublishEncoder::new(codec, 0).encode(topic, Some(id), now_ns());
+    ws.send(publish).await.map_err(|e| failure(&e))?;
+    loop {
+        let next = timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| "publish not answered within 10 s".to_owned())?;
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(failure(&e)),
+            None => return Err("closed while publishing".to_owned()),
+        };
+        if let Message::Close(frame) = &message {
+            return Err(format!(
+                "closed while publishing with {}",
+                closed_with(frame.as_ref())
+            ));
+        }
+        // Our own message comes back too when we are subscribed.
+        match data(&message).map(|b| codec.decode_bytes(b)) {
+            Some(Ok(Envelope::Ack { id: acked, .. })) if acked == id => return Ok(()),
+            Some(Ok(Envelope::Error {
+                id: Some(refused_id),
+                code,
+                ..
+            })) if refused_id == id => {
+                return Err(refused(
+                    &format!("publishing to {topic}"),
+                    &code.to_string(),
+                ));
+            }
+            _ => {}
+        }
     }
 }
 
