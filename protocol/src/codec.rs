@@ -255,19 +255,48 @@ pub(crate) fn some_payload<'de, D: serde::Deserializer<'de>>(
     Payload::deserialize(d).map(Some)
 }
 
+/// A string field that must be a string (or null, as if absent): MessagePack
+/// `bin` holding UTF-8 is refused, where serde would take it (a JSON client
+/// could not send it).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Text<'a>(Cow<'a, str>);
+    impl<'de> Deserialize<'de> for Text<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(TextVisitor).map(Text)
+        }
+    }
+    struct TextVisitor;
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    Ok(Option::<Text<'de>>::deserialize(d)?.map(|text| text.0))
+}
+
 /// The fields of client frames, flat: decoding reads this, then checks which
 /// fields the `type` needs. Unknown fields are ignored.
 #[derive(Deserialize)]
 struct ClientRawFrame<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "text")]
     kind: Option<Cow<'a, str>>,
     id: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     topic: Option<Cow<'a, str>>,
     since: Option<u64>,
     #[serde(default, deserialize_with = "some_payload")]
     payload: Option<Payload>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     token: Option<Cow<'a, str>>,
 }
 

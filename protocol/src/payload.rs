@@ -80,7 +80,11 @@ fn check_json(text: &str) -> Result<(), String> {
             b'"' => {
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    i += match bytes[i] {
+                        b'\\' if bytes.get(i + 1) == Some(&b'u') => unicode_escape(bytes, i)?,
+                        b'\\' => 2,
+                        _ => 1,
+                    };
                 }
             }
             b'[' | b'{' => {
@@ -113,6 +117,30 @@ fn check_json(text: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
+}
+
+/// The length of the `\\uXXXX` escape at `at` (12 for a surrogate pair), or
+/// an error for a lone surrogate: JSON text may carry one, but no string of
+/// the other codecs can, so it would reach no MessagePack subscriber.
+fn unicode_escape(bytes: &[u8], at: usize) -> Result<usize, String> {
+    let unit = |at: usize| {
+        let digits = bytes.get(at + 2..at + 6)?;
+        let digits = std::str::from_utf8(digits).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let lone = || "payload has a lone UTF-16 surrogate escape, which is not a character".to_owned();
+    match unit(at) {
+        Some(0xD800..=0xDBFF) => {
+            let pair = bytes.get(at + 6..at + 8) == Some(b"\\u".as_slice());
+            match pair.then(|| unit(at + 6)).flatten() {
+                Some(0xDC00..=0xDFFF) => Ok(12),
+                _ => Err(lone()),
+            }
+        }
+        Some(0xDC00..=0xDFFF) => Err(lone()),
+        // Other escapes (and malformed ones, which the JSON parser refuses).
+        _ => Ok(6),
+    }
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
@@ -463,6 +491,31 @@ pub(crate) fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_kept() {
+        for lone in [
+            r#""\ud800""#,
+            r#""\uDBFF x""#,
+            r#""\udc00""#,
+            r#"{"a":["ok","\ud800\u0041"]}"#,
+            r#""\ud800\\udc00""#,
+        ] {
+            let error = Payload::from_json(lone).expect_err(lone);
+            assert!(error.to_string().contains("surrogate"), "{lone}: {error}");
+        }
+        for fine in [
+            r#""\ud83d\ude00""#,
+            r#""\u00e9\\u\"\u0000""#,
+            r#"{"\ud83d\ude00":"\uD83D\uDE00"}"#,
+            r#""no escapes""#,
+        ] {
+            let payload = Payload::from_json(fine).expect(fine);
+            // What is accepted reaches the other codec.
+            let value = payload.to_value();
+            assert!(rmp_serde::to_vec_named(&value).is_ok(), "{fine}");
+        }
+    }
 
     #[test]
     fn bin_becomes_dollar_bin_in_json() {

@@ -171,6 +171,12 @@ async fn field_of_wrong_type(broker: &TestBroker) {
         ),
         (r#"{"type":5,"id":10}"#, 10),
         (r#"{"type":"publish","id":11,"topic":"w"}"#, 11),
+        // A lone surrogate is valid JSON text but no character: it could
+        // not reach a MessagePack subscriber, so it is refused for all.
+        (
+            r#"{"type":"publish","id":12,"topic":"w","payload":{"t":"\ud800"}}"#,
+            12,
+        ),
     ] {
         expect_error(&mut c, text, Some(id), ErrorCode::BadFrame).await;
     }
@@ -215,6 +221,23 @@ async fn field_of_wrong_type(broker: &TestBroker) {
                 (s("topic"), s("w")),
             ],
             11,
+        ),
+        // Strings sent as `bin` are not strings, even when they are UTF-8.
+        (
+            vec![
+                (s("type"), s("publish")),
+                (s("id"), Value::UInt(12)),
+                (s("topic"), Value::Bin(b"w".to_vec())),
+                (s("payload"), Value::UInt(1)),
+            ],
+            12,
+        ),
+        (
+            vec![
+                (s("type"), Value::Bin(b"ping".to_vec())),
+                (s("id"), Value::UInt(13)),
+            ],
+            13,
         ),
     ] {
         m.send_raw(Message::Binary(msgpack(&Value::Map(frame)).into()))
@@ -595,8 +618,8 @@ async fn bad_frame_sequences(broker: &TestBroker) {
     closed_with(broker, &[(0x01, b"{", true), (0x81, PING, true)], 1002).await;
 }
 
-/// MessagePack bytes of a small `value` (short strings, small maps and
-/// arrays, unsigned integers), for frames the codec itself would not encode.
+/// MessagePack bytes of a small `value` (short strings and `bin`, small
+/// maps and arrays, unsigned integers), for frames the codec itself would not encode.
 fn msgpack(value: &Value) -> Vec<u8> {
     fn encode(value: &Value, out: &mut Vec<u8>) {
         match value {
@@ -609,6 +632,10 @@ fn msgpack(value: &Value) -> Vec<u8> {
             Value::Str(s) if s.len() < 32 => {
                 out.push(0xa0 | s.len() as u8);
                 out.extend_from_slice(s.as_bytes());
+            }
+            Value::Bin(bytes) if bytes.len() < 256 => {
+                out.extend_from_slice(&[0xc4, bytes.len() as u8]);
+                out.extend_from_slice(bytes);
             }
             Value::Array(items) if items.len() < 16 => {
                 out.push(0x90 | items.len() as u8);

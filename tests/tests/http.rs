@@ -244,6 +244,7 @@ async fn bad_publish_bodies_get_4xx_with_a_json_error_body() {
         (r#"[{"topic":"chat.x","payload":1}]"#, 400, "bad_frame"),
         ("", 400, "bad_frame"),
         (r#"{"topic":"chat.x"}"#, 400, "bad_frame"),
+        (r#"{"topic":"chat.x","payload":"\udc00"}"#, 400, "bad_frame"),
         (r#"{"payload":1}"#, 400, "bad_frame"),
         (r#"{"topic":7,"payload":1}"#, 400, "bad_frame"),
         (r#"{"topic":"chat..bad","payload":1}"#, 400, "invalid_topic"),
