@@ -100,7 +100,8 @@ pub struct Config {
     #[arg(long, env = "STARLING_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
-    /// Most concurrent WebSocket connections; more are refused with HTTP 503.
+    /// Most concurrent connections, WebSocket and HTTP (an open keep-alive
+    /// connection counts); more are refused with HTTP 503.
     #[arg(long, env = "STARLING_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
@@ -140,6 +141,7 @@ pub struct Config {
 
     /// Frames per second one connection may send (0: unlimited). Over it a
     /// frame gets `rate_limited`; a connection that keeps going is closed with 4029.
+    /// The same rate applies to `POST /api/publish` per HTTP connection (429).
     #[arg(long, env = "STARLING_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
 

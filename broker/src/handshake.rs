@@ -358,12 +358,17 @@ pub(crate) async fn serve_first_request(
         }
         Err(refusal) => {
             debug!(%peer, ?refusal, "upgrade refused");
-            if write_flushed(&mut stream, &refusal.http1()).await.is_ok() {
-                let _ = stream.shutdown().await;
-            }
+            refuse(stream, &refusal).await;
         }
     }
     None
+}
+
+/// Answers `refusal` and closes the connection.
+pub(crate) async fn refuse(mut stream: Stream, refusal: &Refusal) {
+    if write_flushed(&mut stream, &refusal.http1()).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Writes all of `bytes` and flushes them (TLS holds records until then).

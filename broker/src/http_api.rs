@@ -5,6 +5,8 @@
 //! [`crate::handshake`] (which admits them through the same function).
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -24,6 +26,8 @@ use crate::broker::Broker;
 use crate::handshake::{self, Refusal};
 use crate::metrics::Source;
 use crate::prefixed::Prefixed;
+use crate::rate::{RateLimiter, Verdict};
+use crate::sync::lock;
 
 /// A JSON answer with a status.
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -211,10 +215,38 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The `--rate-limit` of one HTTP connection, shared by its requests:
+/// publishes over it get 429 `rate_limited`.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpRateLimit(Arc<Mutex<RateLimiter>>);
+
+impl HttpRateLimit {
+    /// The limit of a new connection; `None` when there is none.
+    pub(crate) fn new(rate: u32) -> Option<Self> {
+        (rate > 0).then(|| HttpRateLimit(Arc::new(Mutex::new(RateLimiter::new(rate)))))
+    }
+
+    fn allows(&self) -> bool {
+        lock(&self.0).check(tokio::time::Instant::now()) == Verdict::Allow
+    }
+}
+
+/// How long a request body may take to arrive once its head has.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `POST /api/publish`: publish from a backend without a WebSocket.
 async fn publish(State(broker): State<Broker>, request: Request) -> Response {
     if let Some(refused) = api_refusal(&broker, request.headers()) {
         return refused;
+    }
+    if let Some(limit) = request.extensions().get::<HttpRateLimit>()
+        && !limit.allows()
+    {
+        return protocol_error(
+            &broker,
+            ErrorCode::RateLimited,
+            "over --rate-limit publishes per second on this connection",
+        );
     }
     if !is_json(request.headers()) {
         // A cross-site form or `no-cors` fetch cannot send this type.
@@ -224,9 +256,24 @@ async fn publish(State(broker): State<Broker>, request: Request) -> Response {
         );
     }
     let limit = broker.config().max_message_bytes;
-    let body = match axum::body::to_bytes(request.into_body(), limit).await {
-        Ok(body) => body,
+    let body = axum::body::to_bytes(request.into_body(), limit);
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
+        Ok(Ok(body)) => body,
         Err(_) => {
+            let mut response = http_error(
+                HttpErrorCode::RequestTimeout,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            );
+            // The rest of a slow body is not waited for.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Ok(Err(_)) => {
             return protocol_error(
                 &broker,
                 ErrorCode::MessageTooLarge,

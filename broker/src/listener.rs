@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::handshake;
-use crate::http_api::router;
+use crate::handshake::{self, Refusal};
+use crate::http_api::{HttpRateLimit, router};
 use crate::prefixed::Prefixed;
 use crate::stats;
 use crate::stream::Stream;
@@ -264,8 +264,25 @@ async fn serve_tcp(
     else {
         return;
     };
+    // An HTTP connection holds a connection slot as a WebSocket does (while
+    // shutting down, requests in flight are still answered).
+    let admission = broker.try_admit();
+    if admission.is_none() && !broker.is_shutting_down() {
+        debug!(%peer, "HTTP connection refused at the connection limit");
+        handshake::refuse(stream, &Refusal::TooManyConnections).await;
+        return;
+    }
+    let limit = HttpRateLimit::new(broker.config().rate_limit);
     // Boxed: this task's state stays small for the upgrades above.
-    Box::pin(serve_http(Prefixed::new(stream, head), peer, app, shutdown)).await;
+    Box::pin(serve_http(
+        Prefixed::new(stream, head),
+        peer,
+        app,
+        limit,
+        shutdown,
+    ))
+    .await;
+    drop(admission);
 }
 
 /// Completes once the broker asks HTTP connections to finish.
@@ -281,10 +298,14 @@ async fn serve_http(
     io: Prefixed,
     peer: SocketAddr,
     app: Router,
+    limit: Option<HttpRateLimit>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(limit) = &limit {
+            request.extensions_mut().insert(limit.clone());
+        }
         let mut app = app.clone();
         async move { app.call(request.map(Body::new)).await }
     });

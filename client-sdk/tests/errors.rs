@@ -219,8 +219,11 @@ async fn an_http_refusal_carries_status_and_code() {
         other => panic!("{other:?}"),
     }
     assert!(err.is_retryable());
+    stop(running).await;
 
-    // Not the broker's path: a 404 with the broker's JSON body.
+    // Not the broker's path: a 404 with the broker's JSON body (from a
+    // broker with room: at the limit every HTTP request gets the 503).
+    let running = broker_with(|_| {}).await;
     let url = running.ws_url().replace("/ws", "/nope");
     let err = within("refusal", Client::connect(url)).await.unwrap_err();
     assert!(

@@ -101,11 +101,13 @@ pub enum HttpErrorCode {
     ForbiddenOrigin,
     /// `POST /api/publish` with a body that is not `application/json` (415).
     UnsupportedMediaType,
+    /// A request body that did not arrive in time (408).
+    RequestTimeout,
 }
 
 impl HttpErrorCode {
     /// Every HTTP-only code.
-    pub const ALL: [HttpErrorCode; 8] = [
+    pub const ALL: [HttpErrorCode; 9] = [
         HttpErrorCode::NotWebsocket,
         HttpErrorCode::UnsupportedSubprotocol,
         HttpErrorCode::TooManyConnections,
@@ -114,6 +116,7 @@ impl HttpErrorCode {
         HttpErrorCode::MethodNotAllowed,
         HttpErrorCode::ForbiddenOrigin,
         HttpErrorCode::UnsupportedMediaType,
+        HttpErrorCode::RequestTimeout,
     ];
 
     /// The snake_case word in the body.
@@ -127,6 +130,7 @@ impl HttpErrorCode {
             HttpErrorCode::MethodNotAllowed => "method_not_allowed",
             HttpErrorCode::ForbiddenOrigin => "forbidden_origin",
             HttpErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            HttpErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -140,6 +144,7 @@ impl HttpErrorCode {
             HttpErrorCode::MethodNotAllowed => 405,
             HttpErrorCode::ForbiddenOrigin => 403,
             HttpErrorCode::UnsupportedMediaType => 415,
+            HttpErrorCode::RequestTimeout => 408,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The HTTP side of the broker's port: health, metrics, publishing from a
 //! backend, the demo page, and JSON errors for everything else.
 
+use std::time::Duration;
+
 use starling_protocol::{Envelope, Payload, Value};
 use starling_tests::{
-    Client, HttpAnswer, TestBroker, http_request, json_field, json_str, metric, wait_for_metric,
+    Client, HttpAnswer, RawWs, TestBroker, http_request, json_field, json_str, metric,
+    wait_for_metric,
 };
 
 /// `max_message_bytes` of the brokers that test the body limit.
@@ -354,4 +357,104 @@ async fn a_connection_that_never_finishes_its_request_is_closed() {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     }
+}
+
+/// The bytes of a `POST /api/publish` of `body` on a keep-alive connection.
+fn publish_request(addr: std::net::SocketAddr, body: &str) -> Vec<u8> {
+    format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_is_answered_408_and_costs_nothing() {
+    let broker = TestBroker::start().await;
+    let mut subscriber = broker.json().await;
+    subscriber.subscribe("slow.body").await;
+    let mut slow = RawWs::open(broker.addr()).await;
+    let request = publish_request(broker.addr(), r#"{"topic":"slow.body","payload":1}"#);
+    // The head and most of the body, then nothing.
+    slow.write_raw(&request[..request.len() - 5]).await;
+
+    // Meanwhile the broker serves everyone else.
+    let answer = post(
+        &broker,
+        "/api/publish",
+        r#"{"topic":"slow.body","payload":2}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let (_, payload) = subscriber.recv_message().await;
+    assert_eq!(payload.decode::<u64>().unwrap(), 2);
+
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let answer = slow.read_answer().await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(json_str(&answer.body, "code"), "request_timeout");
+    assert!(
+        slow.read_frame().await.is_none(),
+        "the connection is closed"
+    );
+    subscriber.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn http_connections_count_toward_the_connection_limit() {
+    let broker = TestBroker::with_config(|c| c.max_connections = 2).await;
+    let addr = broker.addr();
+    let healthz = RawWs::request_head(addr, "GET", "/healthz", &[]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut raw = RawWs::open(addr).await;
+        raw.write_raw(healthz.as_bytes()).await;
+        assert_eq!(raw.read_answer().await.status, 200);
+        held.push(raw);
+    }
+    // Both slots are held by idle keep-alive connections.
+    let (answer, _) = RawWs::request(addr, "GET", "/healthz", &[]).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(json_str(&answer.body, "code"), "too_many_connections");
+    let (answer, _) = RawWs::handshake(addr, None).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+
+    // A slot is free again once a connection closes.
+    drop(held.pop());
+    starling_tests::within("a free slot", async {
+        loop {
+            let (answer, _) = RawWs::request(addr, "GET", "/healthz", &[]).await;
+            if answer.status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_publish_api_keeps_to_the_rate_limit_per_connection() {
+    let broker = TestBroker::with_config(|c| c.rate_limit = 5).await;
+    let mut subscriber = broker.json().await;
+    subscriber.subscribe("rate.http").await;
+    let mut raw = RawWs::open(broker.addr()).await;
+    let mut accepted = 0;
+    for i in 0..8u64 {
+        let body = format!(r#"{{"topic":"rate.http","payload":{i}}}"#);
+        raw.write_raw(&publish_request(broker.addr(), &body)).await;
+        let answer = raw.read_answer().await;
+        match answer.status {
+            202 => accepted += 1,
+            429 => assert_eq!(json_str(&answer.body, "code"), "rate_limited"),
+            _ => panic!("{answer:?}"),
+        }
+    }
+    assert!((5..8).contains(&accepted), "{accepted} accepted");
+    // Exactly the accepted publishes were delivered.
+    for _ in 0..accepted {
+        subscriber.recv_message().await;
+    }
+    subscriber.expect_silence(Duration::from_millis(100)).await;
 }
