@@ -100,6 +100,12 @@ pub struct Config {
     #[arg(long, env = "STARLING_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
+    /// Most of one connection's subscriptions that may be patterns (`*`,
+    /// `>`): each publish is matched against every pattern, so patterns
+    /// cost more than exact topics.
+    #[arg(long, env = "STARLING_MAX_PATTERNS", default_value_t = 64)]
+    pub max_patterns: usize,
+
     /// Most concurrent connections, WebSocket and HTTP (an open keep-alive
     /// connection counts); more are refused with HTTP 503.
     #[arg(long, env = "STARLING_MAX_CONNECTIONS", default_value_t = 100_000)]
@@ -277,6 +283,7 @@ impl Config {
             outbound_queue_bytes: self.outbound_queue_bytes as u64,
             rate_limit: u64::from(self.rate_limit),
             max_connections: self.max_connections as u64,
+            max_patterns: self.max_patterns as u64,
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Limits {
     pub rate_limit: u64,
     /// Connections the broker accepts at once.
     pub max_connections: u64,
+    /// The most of a connection's subscriptions that may be patterns
+    /// (`*` or `>`): every publish is matched against every pattern.
+    pub max_patterns: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             outbound_queue_bytes: 64 * 1024,
             rate_limit: 0,
             max_connections: 100_000,
+            max_patterns: 64,
         }
     }
 }

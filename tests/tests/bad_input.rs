@@ -14,6 +14,8 @@ use starling_tests::{Client, RawHttpAnswer, RawWs, TestBroker, json_str, worker_
 const LIMIT: usize = 1024;
 /// `max_subscriptions` of every broker in this file.
 const MAX_SUBS: usize = 3;
+/// `max_patterns` of every broker in this file.
+const MAX_PATTERNS: usize = 2;
 
 /// A broker with small limits, with the panic counter installed first.
 async fn broker() -> TestBroker {
@@ -21,6 +23,7 @@ async fn broker() -> TestBroker {
     TestBroker::with_config(|c| {
         c.max_message_bytes = LIMIT;
         c.max_subscriptions = MAX_SUBS;
+        c.max_patterns = MAX_PATTERNS;
     })
     .await
 }
@@ -394,6 +397,39 @@ async fn unsubscribe_not_subscribed(broker: &TestBroker) {
         ErrorCode::NotSubscribed,
     )
     .await;
+    still_usable(&mut c).await;
+}
+
+async fn too_many_patterns(broker: &TestBroker) {
+    let mut c = broker.json().await;
+    match &c.welcome {
+        Envelope::Welcome { limits, .. } => {
+            assert_eq!(limits.max_patterns, MAX_PATTERNS as u64)
+        }
+        other => panic!("{other:?}"),
+    }
+    c.subscribe("p.*").await;
+    c.subscribe("p.>").await;
+    let message = expect_error(
+        &mut c,
+        r#"{"type":"subscribe","id":71,"topic":"q.*"}"#,
+        Some(71),
+        ErrorCode::TooManySubscriptions,
+    )
+    .await;
+    assert!(message.contains("pattern"), "{message}");
+    // Exact topics are still allowed, up to max_subscriptions.
+    c.subscribe("p.x").await;
+    // A pattern given up makes room for another.
+    let id = c.next_id();
+    let answer = c
+        .request(&Envelope::Unsubscribe {
+            id: Some(id),
+            topic: starling_protocol::Filter::new("p.*").unwrap(),
+        })
+        .await;
+    assert!(matches!(answer, Envelope::Ack { .. }), "{answer:?}");
+    c.subscribe("q.*").await;
     still_usable(&mut c).await;
 }
 
@@ -962,6 +998,14 @@ async fn subscription_over_the_limit_gets_too_many_subscriptions_and_resubscribi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn patterns_over_their_limit_get_too_many_subscriptions() {
+    let broker = broker().await;
+    witnessed!(&broker, too_many_patterns(&broker).await);
+    broker_still_serves(&broker).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn message_over_the_limit_gets_message_too_large_and_the_connection_stays_usable() {
     let broker = broker().await;
     witnessed!(&broker, oversized_message(&broker).await);
@@ -1113,6 +1157,7 @@ async fn broker_survives_every_bad_input_in_a_row() {
     publish_to_reserved(&broker).await;
     unsubscribe_not_subscribed(&broker).await;
     too_many_subscriptions(&broker).await;
+    too_many_patterns(&broker).await;
     witness.publish().await;
     oversized_message(&broker).await;
     message_over_hard_cap(&broker, 70_000).await;

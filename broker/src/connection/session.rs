@@ -275,6 +275,15 @@ impl Session {
             );
             return;
         }
+        let max = self.broker.config().max_patterns;
+        if filter.is_pattern() && self.subs.patterns() >= max {
+            self.send_error(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {max} pattern subscriptions"),
+            );
+            return;
+        }
         let (rx, replay) = self.broker.subscribe(&mut filter, since);
         debug!(conn_id = %self.admission.id, topic = %filter, ?since, "subscribed");
         self.ack(id, None);

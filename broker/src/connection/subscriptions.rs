@@ -115,6 +115,15 @@ impl Subscriptions {
         self.slots.iter().flatten().count()
     }
 
+    /// How many of them are patterns.
+    pub(crate) fn patterns(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|sub| sub.filter.is_pattern())
+            .count()
+    }
+
     /// Removes the subscription in `slot`.
     pub(crate) fn remove(&mut self, slot: usize) -> Option<Sub> {
         let sub = self.slots.get_mut(slot)?.take()?;
