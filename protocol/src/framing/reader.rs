@@ -21,6 +21,9 @@ pub enum Event<'a> {
     Close(Option<u16>),
 }
 
+/// The most room a read buffer keeps once what needed more is parsed.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// A message that came in fragments and is not complete yet.
 #[derive(Debug)]
 struct Fragments {
@@ -112,12 +115,18 @@ impl FrameReader {
         Ok(flow)
     }
 
-    /// Drops the first `n` bytes; frees the buffer once it is empty.
+    /// Drops the first `n` bytes; frees the buffer once it is empty, and
+    /// gives back the room a large frame needed once it is parsed (so that
+    /// the next read cannot take in more than a usual chunk's worth of
+    /// frames).
     fn consume(&mut self, n: usize) {
         if n >= self.buf.len() {
             self.buf = Vec::new();
         } else if n > 0 {
             self.buf.drain(..n);
+            if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() <= KEEP_CAPACITY / 2 {
+                self.buf.shrink_to(KEEP_CAPACITY / 2);
+            }
         }
     }
 
@@ -361,6 +370,22 @@ mod tests {
         assert_eq!(
             violation(&client_frame(0x88, &bad_reason)).code,
             CloseCode::InvalidPayload
+        );
+    }
+
+    #[test]
+    fn the_room_of_a_large_frame_is_given_back_once_it_is_parsed() {
+        let mut reader = FrameReader::default();
+        let mut wire = client_frame(0x82, &vec![7; 512 * 1024]);
+        // The start of the next frame, not complete yet.
+        wire.extend_from_slice(&client_frame(0x82, b"next")[..3]);
+        let got = parse(&mut reader, &wire).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(reader.buf.len(), 3);
+        assert!(
+            reader.buf.capacity() <= KEEP_CAPACITY,
+            "{}",
+            reader.buf.capacity()
         );
     }
 
