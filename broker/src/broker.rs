@@ -18,6 +18,7 @@ use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::memory::MemoryRelay;
 use crate::relay::redis::RedisRelay;
 use crate::relay::{ClusterError, LinkState, Published, RedisTlsFiles, Relay};
+use crate::ring::Capacity;
 use crate::tls::{Tls, TlsError};
 
 /// Why a publish was refused.
@@ -105,7 +106,10 @@ impl Broker {
             None => generate_node_id().into(),
         };
         let registry = Arc::new(TopicRegistry::new(
-            config.subscriber_buffer,
+            Capacity {
+                messages: config.subscriber_buffer,
+                bytes: config.subscriber_buffer_bytes,
+            },
             metrics.clone(),
         ));
         let relay: Box<dyn Relay> = match &config.redis_url {

@@ -116,6 +116,12 @@ pub struct Config {
     #[arg(long, env = "STARLING_SUBSCRIBER_BUFFER", default_value_t = 1024)]
     pub subscriber_buffer: usize,
 
+    /// Bytes of messages (payload and topic) a subscriber may fall behind on
+    /// a topic before it lags: with `--subscriber-buffer`, what each topic's
+    /// broadcast ring holds at most for its slowest subscriber.
+    #[arg(long, env = "STARLING_SUBSCRIBER_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub subscriber_buffer_bytes: usize,
+
     /// Bytes written to a connection and not yet taken by its socket before the
     /// broker stops pulling more messages for it (its outbound queue bound).
     #[arg(long, env = "STARLING_OUTBOUND_QUEUE_BYTES", default_value_t = 64 * 1024)]
@@ -284,6 +290,7 @@ impl Config {
             rate_limit: u64::from(self.rate_limit),
             max_connections: self.max_connections as u64,
             max_patterns: self.max_patterns as u64,
+            subscriber_buffer_bytes: self.subscriber_buffer_bytes as u64,
         }
     }
 

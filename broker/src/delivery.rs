@@ -26,13 +26,22 @@ pub struct Delivery {
     pub(crate) origin: Arc<str>,
     /// The publisher's identity, when auth is on.
     pub(crate) from: Option<Arc<str>>,
+    /// What memory bounds count it as: its payload and topic, in bytes.
+    weight: usize,
     encoded: [OnceLock<Option<Box<[u8]>>>; 2],
+}
+
+impl crate::ring::Weigh for Arc<Delivery> {
+    fn weight(&self) -> usize {
+        self.weight
+    }
 }
 
 impl Delivery {
     /// A new delivery of `payload` on `topic`, published on node `origin`.
     pub fn new(topic: Topic, payload: Payload, offset: Option<u64>, origin: Arc<str>) -> Self {
         Delivery {
+            weight: payload.weight() + topic.as_str().len(),
             topic,
             payload,
             offset,
@@ -58,6 +67,7 @@ impl Delivery {
             sub: Some(sub),
             origin: self.origin.clone(),
             from: self.from.clone(),
+            weight: self.weight,
             encoded: Default::default(),
         }
     }

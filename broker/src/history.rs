@@ -7,8 +7,14 @@
 //! sends to live subscribers under the topic's lock; subscribing with `since`
 //! takes its live receiver and its replay under the same lock, so a message
 //! is either replayed or delivered live, never both and never neither.
+//!
+//! A replay holds no message of its own: it is a cursor over the topic's
+//! history ([`Replay`]), read a page at a time as the subscriber's socket
+//! takes what came before, so that a replay never queues more than the
+//! connection's outbound bound, and many replays cost no more than one.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -51,13 +57,64 @@ impl HistoryPolicy {
     }
 }
 
-/// What a subscriber with `since` gets before live messages.
+/// What a subscriber with `since` gets before live messages: the topic's
+/// messages from offset `next` to `until` (the last one published before
+/// the subscription began), read from the history as they are sent.
+/// Messages that the history dropped meanwhile are reported as lost.
 #[derive(Debug)]
 pub(crate) struct Replay {
-    /// Messages after `since` that are no longer retained.
-    pub(crate) lost: u64,
-    /// The retained messages after `since`, in order.
-    pub(crate) messages: Vec<Arc<Delivery>>,
+    history: Arc<Mutex<TopicHistory>>,
+    next: u64,
+    until: u64,
+}
+
+impl Replay {
+    /// The replay of what `history` holds after `since`; `None` when there
+    /// is nothing after it. Taken under the history's lock (`guard`), with
+    /// the subscription's live receiver.
+    pub(crate) fn after(
+        history: &Arc<Mutex<TopicHistory>>,
+        guard: &TopicHistory,
+        since: u64,
+    ) -> Option<Self> {
+        let until = guard.next_offset - 1;
+        (since < until).then(|| Replay {
+            history: history.clone(),
+            next: since + 1,
+            until,
+        })
+    }
+
+    /// Hands the next messages to `each`, in order, until `each` breaks
+    /// (after the message it breaks on) or the replay is over, which it
+    /// returns. Messages no longer retained are reported first, as one
+    /// `Err` with how many they are.
+    pub(crate) fn page(
+        &mut self,
+        mut each: impl FnMut(Result<&Arc<Delivery>, u64>) -> ControlFlow<()>,
+    ) -> bool {
+        let history = HistoryStore::lock(&self.history);
+        let first = history.first_offset();
+        if self.next < first {
+            let lost = first.min(self.until + 1) - self.next;
+            self.next += lost;
+            let _ = each(Err(lost));
+            if self.next > self.until {
+                return true;
+            }
+        }
+        let skip = (self.next - first) as usize;
+        for delivery in history.messages.iter().skip(skip) {
+            let Some(offset) = delivery.offset.filter(|&o| o <= self.until) else {
+                break;
+            };
+            self.next = offset + 1;
+            if each(Ok(delivery)).is_break() {
+                break;
+            }
+        }
+        self.next > self.until
+    }
 }
 
 /// One topic's retained messages.
@@ -74,6 +131,15 @@ impl TopicHistory {
         self.next_offset
     }
 
+    /// The offset of the oldest message retained (the next offset when
+    /// none is).
+    fn first_offset(&self) -> u64 {
+        self.messages
+            .front()
+            .and_then(|d| d.offset)
+            .unwrap_or(self.next_offset)
+    }
+
     /// Records a message with the next offset (the caller built it with
     /// [`TopicHistory::next_offset`]).
     pub(crate) fn push(&mut self, delivery: Arc<Delivery>) {
@@ -82,25 +148,6 @@ impl TopicHistory {
             self.messages.pop_front();
         }
         self.messages.push_back(delivery);
-    }
-
-    /// What a subscriber that saw everything up to `since` gets: how many
-    /// messages after `since` are no longer retained, and the retained ones
-    /// after `since`, in order.
-    pub(crate) fn replay(&self, since: u64) -> Replay {
-        let first = self
-            .messages
-            .front()
-            .and_then(|d| d.offset)
-            .unwrap_or(self.next_offset);
-        let lost = first.saturating_sub(since.saturating_add(1));
-        let messages = self
-            .messages
-            .iter()
-            .filter(|d| d.offset.is_some_and(|o| o > since))
-            .cloned()
-            .collect();
-        Replay { lost, messages }
     }
 }
 
@@ -209,23 +256,68 @@ mod tests {
         assert!(!HistoryPolicy::new(0, &[]).is_enabled());
     }
 
+    fn replay(s: &HistoryStore, topic: &Topic, since: u64) -> Option<Replay> {
+        let history = s.get(topic).unwrap();
+        let guard = HistoryStore::lock(&history);
+        Replay::after(&history, &guard, since)
+    }
+
+    /// Takes up to `max` messages of a page: (lost, offsets, done).
+    fn page(replay: &mut Replay, max: usize) -> (u64, Vec<u64>, bool) {
+        let (mut lost, mut offsets) = (0, Vec::new());
+        let done = replay.page(|item| match item {
+            Err(n) => {
+                lost += n;
+                ControlFlow::Continue(())
+            }
+            Ok(d) => {
+                offsets.push(d.offset.unwrap());
+                if offsets.len() == max {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }
+        });
+        (lost, offsets, done)
+    }
+
     #[test]
     fn offsets_grow_and_replay_reports_what_was_evicted() {
         let s = store(3);
         let topic = Topic::new("chat.room").unwrap();
         let offsets: Vec<_> = (0..5).map(|_| publish(&s, &topic).unwrap()).collect();
         assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
-        let history = s.get(&topic).unwrap();
-        let h = HistoryStore::lock(&history);
-        let replay = h.replay(0);
-        assert_eq!(replay.lost, 2);
-        let offsets: Vec<_> = replay.messages.iter().map(|d| d.offset.unwrap()).collect();
-        assert_eq!(offsets, vec![3, 4, 5]);
-        assert_eq!(h.replay(4).lost, 0);
-        assert_eq!(h.replay(4).messages.len(), 1);
-        assert_eq!(h.replay(5).messages.len(), 0);
-        let replay = h.replay(99);
-        assert_eq!((replay.lost, replay.messages.len()), (0, 0));
+        let mut all = replay(&s, &topic, 0).unwrap();
+        assert_eq!(page(&mut all, 10), (2, vec![3, 4, 5], true));
+        assert_eq!(
+            page(&mut replay(&s, &topic, 4).unwrap(), 10),
+            (0, vec![5], true)
+        );
+        assert!(replay(&s, &topic, 5).is_none());
+        assert!(replay(&s, &topic, 99).is_none());
+    }
+
+    #[test]
+    fn a_replay_is_read_in_pages_and_ends_where_the_subscription_began() {
+        let s = store(3);
+        let topic = Topic::new("chat.room").unwrap();
+        for _ in 0..3 {
+            publish(&s, &topic);
+        }
+        let mut r = replay(&s, &topic, 0).unwrap();
+        assert_eq!(page(&mut r, 1), (0, vec![1], false));
+        // Published after the subscription began: delivered live, not replayed.
+        publish(&s, &topic);
+        publish(&s, &topic);
+        // Offset 1 was taken; 2 was dropped from the history meanwhile.
+        assert_eq!(page(&mut r, 10), (1, vec![3], true));
+        // Everything it was to replay was dropped.
+        let mut r = replay(&s, &topic, 0).unwrap();
+        for _ in 0..5 {
+            publish(&s, &topic);
+        }
+        assert_eq!(page(&mut r, 10), (5, vec![], true));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
-use crate::ring;
+use crate::ring::{self, Capacity};
 
 /// The receiving end of a subscription.
 pub type DeliveryReceiver = ring::Receiver<Arc<Delivery>>;
@@ -41,7 +41,7 @@ pub struct TopicRegistry {
     topics: DashMap<Topic, Channel>,
     patterns: DashMap<Filter, Channel>,
     pattern_count: AtomicUsize,
-    capacity: usize,
+    capacity: Capacity,
     metrics: Arc<Metrics>,
     /// Told when a topic or pattern gains its first or loses its last local
     /// subscriber, when a relay follows interest.
@@ -49,13 +49,14 @@ pub struct TopicRegistry {
 }
 
 impl TopicRegistry {
-    /// A registry whose channels hold `capacity` messages per subscriber.
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// A registry whose channels hold `capacity` (messages, and bytes) per
+    /// subscriber.
+    pub fn new(capacity: impl Into<Capacity>, metrics: Arc<Metrics>) -> Self {
         TopicRegistry {
             topics: DashMap::new(),
             patterns: DashMap::new(),
             pattern_count: AtomicUsize::new(0),
-            capacity: capacity.max(1),
+            capacity: capacity.into(),
             metrics,
             interest: OnceLock::new(),
         }

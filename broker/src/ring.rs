@@ -1,6 +1,7 @@
 //! A topic's broadcast ring: every receiver sees every message sent after it
-//! subscribed, in order, unless it falls more than `capacity` messages
-//! behind, in which case it is told how many it missed.
+//! subscribed, in order, unless it falls behind by more than the ring's
+//! [`Capacity`] (in messages, or in bytes), in which case it is told how many
+//! it missed.
 //!
 //! Unlike a ring allocated whole when the topic appears, this one holds only
 //! the messages some receiver has not read yet: an idle topic costs a few
@@ -11,10 +12,38 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::sync::lock;
+
+/// How much a ring keeps for its slowest receiver: at most `messages`
+/// messages, and at most `bytes` bytes of them (as [`Weigh`] counts), the
+/// newest message always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Most messages kept.
+    pub messages: usize,
+    /// Most bytes kept.
+    pub bytes: usize,
+}
+
+impl From<usize> for Capacity {
+    /// A capacity in messages alone.
+    fn from(messages: usize) -> Self {
+        Capacity {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// The bytes a value held in a ring counts for.
+pub(crate) trait Weigh {
+    /// Its size in bytes, about.
+    fn weight(&self) -> usize;
+}
 
 /// What a receiver gets besides messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +54,7 @@ pub enum Missed {
 
 struct Slot<T> {
     value: T,
+    weight: usize,
     /// Receivers that were there when it was sent and have not taken it.
     remaining: usize,
 }
@@ -33,7 +63,9 @@ struct Inner<T> {
     /// Messages with sequence numbers `head..head + slots.len()`.
     slots: VecDeque<Slot<T>>,
     head: u64,
-    capacity: usize,
+    capacity: Capacity,
+    /// The weight of the messages in `slots`.
+    bytes: usize,
     receivers: usize,
     /// Receivers waiting for the next message, by receiver id; taken by the
     /// next send, and left by a receiver that goes away before it.
@@ -46,11 +78,18 @@ impl<T> Inner<T> {
         self.head + self.slots.len() as u64
     }
 
+    /// Drops the message at the front.
+    fn pop(&mut self) {
+        if let Some(slot) = self.slots.pop_front() {
+            self.bytes -= slot.weight;
+            self.head += 1;
+        }
+    }
+
     /// Drops the messages at the front that every receiver has taken.
     fn release(&mut self) {
         while self.slots.front().is_some_and(|s| s.remaining == 0) {
-            self.slots.pop_front();
-            self.head += 1;
+            self.pop();
         }
         if self.slots.is_empty() && self.slots.capacity() > 64 {
             self.slots.shrink_to(16);
@@ -77,13 +116,18 @@ struct Position {
     waiting_at: Option<u64>,
 }
 
-/// A ring keeping at most `capacity` unread messages per receiver.
-pub(crate) fn channel<T: Clone>(capacity: usize) -> Sender<T> {
+/// A ring keeping at most `capacity` of unread messages per receiver.
+pub(crate) fn channel<T: Clone + Weigh>(capacity: impl Into<Capacity>) -> Sender<T> {
+    let capacity = capacity.into();
     Sender {
         shared: Arc::new(Mutex::new(Inner {
             slots: VecDeque::new(),
             head: 0,
-            capacity: capacity.max(1),
+            capacity: Capacity {
+                messages: capacity.messages.max(1),
+                bytes: capacity.bytes,
+            },
+            bytes: 0,
             receivers: 0,
             waiting: Vec::new(),
             next_receiver_id: 0,
@@ -110,7 +154,7 @@ impl<T> std::fmt::Debug for Receiver<T> {
     }
 }
 
-impl<T: Clone> Sender<T> {
+impl<T: Clone + Weigh> Sender<T> {
     /// A new receiver that sees every message sent from now on.
     pub(crate) fn subscribe(&self) -> Receiver<T> {
         let mut inner = lock(&self.shared);
@@ -127,20 +171,28 @@ impl<T: Clone> Sender<T> {
     }
 
     /// Sends `value` to every receiver; returns how many there are. When the
-    /// ring is full, the oldest message is dropped for the receivers that
-    /// have not taken it (they will be told).
+    /// ring is full (in messages or in bytes), the oldest messages are
+    /// dropped for the receivers that have not taken them (they will be told).
     pub(crate) fn send(&self, value: T) -> usize {
+        let weight = value.weight();
         let (receivers, waiting) = {
             let mut inner = lock(&self.shared);
             if inner.receivers == 0 {
                 return 0;
             }
-            if inner.slots.len() >= inner.capacity {
-                inner.slots.pop_front();
-                inner.head += 1;
+            while !inner.slots.is_empty()
+                && (inner.slots.len() >= inner.capacity.messages
+                    || inner.bytes.saturating_add(weight) > inner.capacity.bytes)
+            {
+                inner.pop();
             }
             let remaining = inner.receivers;
-            inner.slots.push_back(Slot { value, remaining });
+            inner.bytes += weight;
+            inner.slots.push_back(Slot {
+                value,
+                weight,
+                remaining,
+            });
             (remaining, std::mem::take(&mut inner.waiting))
         };
         for (_, waker) in waiting {
@@ -161,10 +213,10 @@ impl Position {
         &mut self,
         inner: &mut Inner<T>,
         max: usize,
-        mut each: impl FnMut(Result<&T, Missed>),
+        mut each: impl FnMut(Result<&T, Missed>) -> ControlFlow<()>,
     ) -> usize {
         if self.next < inner.head {
-            each(Err(Missed::Lagged(inner.head - self.next)));
+            let _ = each(Err(Missed::Lagged(inner.head - self.next)));
             self.next = inner.head;
         }
         let mut taken = 0;
@@ -172,9 +224,11 @@ impl Position {
             let index = (self.next - inner.head) as usize;
             let slot = &mut inner.slots[index];
             slot.remaining = slot.remaining.saturating_sub(1);
-            each(Ok(&slot.value));
             self.next += 1;
             taken += 1;
+            if each(Ok(&slot.value)).is_break() {
+                break;
+            }
         }
         if taken > 0 {
             inner.release();
@@ -208,19 +262,24 @@ impl<T: Clone> Receiver<T> {
     /// Hands every message that is ready (up to `max`) to `each`, in order,
     /// after reporting what was missed, if anything; all under one lock.
     /// Returns how many messages were handed over.
-    pub fn drain(&mut self, max: usize, each: impl FnMut(Result<&T, Missed>)) -> usize {
+    pub fn drain(&mut self, max: usize, mut each: impl FnMut(Result<&T, Missed>)) -> usize {
         let mut inner = lock(&self.shared);
-        self.at.take(&mut inner, max, each)
+        self.at.take(&mut inner, max, |item| {
+            each(item);
+            ControlFlow::Continue(())
+        })
     }
 
-    /// [`Receiver::drain`], then, under the same lock, whether more is
-    /// ready; when nothing is, `waker` is registered for the next send, as
-    /// [`Receiver::poll_ready`] does. One lock for a subscriber's turn.
+    /// [`Receiver::drain`], but `each` may stop it after any message (by
+    /// breaking: that message counts as taken); then, under the same lock,
+    /// whether more is ready; when nothing is, `waker` is registered for
+    /// the next send, as [`Receiver::poll_ready`] does. One lock for a
+    /// subscriber's turn.
     pub fn drain_then_poll(
         &mut self,
         max: usize,
         waker: &Waker,
-        each: impl FnMut(Result<&T, Missed>),
+        each: impl FnMut(Result<&T, Missed>) -> ControlFlow<()>,
     ) -> (usize, Poll<()>) {
         let mut inner = lock(&self.shared);
         let taken = self.at.take(&mut inner, max, each);
@@ -265,6 +324,12 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
 
+    impl Weigh for u32 {
+        fn weight(&self) -> usize {
+            *self as usize
+        }
+    }
+
     fn take(rx: &mut Receiver<u32>) -> Vec<Result<u32, Missed>> {
         let mut got = Vec::new();
         rx.drain(usize::MAX, |m| got.push(m.copied()));
@@ -297,6 +362,51 @@ mod tests {
             take(&mut slow),
             vec![Err(Missed::Lagged(6)), Ok(6), Ok(7), Ok(8), Ok(9)]
         );
+    }
+
+    #[test]
+    fn the_ring_keeps_at_most_its_bytes_and_always_the_newest() {
+        let tx = channel(Capacity {
+            messages: 100,
+            bytes: 10,
+        });
+        let mut slow = tx.subscribe();
+        for weight in [4, 4, 4] {
+            tx.send(weight);
+        }
+        assert_eq!(
+            lock(&tx.shared).bytes,
+            8,
+            "the first was dropped for the third"
+        );
+        assert_eq!(take(&mut slow), vec![Err(Missed::Lagged(1)), Ok(4), Ok(4)]);
+        // A message over the whole bound is still kept, alone.
+        tx.send(3);
+        tx.send(50);
+        assert_eq!(take(&mut slow), vec![Err(Missed::Lagged(1)), Ok(50)]);
+        assert_eq!(lock(&tx.shared).bytes, 0, "taken by its only receiver");
+    }
+
+    #[test]
+    fn a_drain_stops_after_the_message_that_breaks() {
+        let tx = channel(16);
+        let mut rx = tx.subscribe();
+        for i in 0..5 {
+            tx.send(i);
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut got = Vec::new();
+        let (taken, more) = rx.drain_then_poll(16, &waker, |m| {
+            got.push(*m.unwrap());
+            if got.len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!((taken, more), (2, Poll::Ready(())));
+        assert_eq!(got, vec![0, 1]);
+        assert_eq!(take(&mut rx), vec![Ok(2), Ok(3), Ok(4)]);
     }
 
     #[test]
@@ -364,11 +474,17 @@ mod tests {
         }
         let mut got = Vec::new();
         // Part of what is there: still ready, nothing registered.
-        let (taken, more) = rx.drain_then_poll(2, &waker, |m| got.push(m.copied()));
+        let (taken, more) = rx.drain_then_poll(2, &waker, |m| {
+            got.push(m.copied());
+            ControlFlow::Continue(())
+        });
         assert_eq!((taken, more), (2, Poll::Ready(())));
         assert_eq!(lock(&tx.shared).waiting.len(), 0);
         // The rest: now waiting, and the next send wakes it once.
-        let (taken, more) = rx.drain_then_poll(2, &waker, |m| got.push(m.copied()));
+        let (taken, more) = rx.drain_then_poll(2, &waker, |m| {
+            got.push(m.copied());
+            ControlFlow::Continue(())
+        });
         assert_eq!((taken, more), (1, Poll::Pending));
         assert_eq!(got, vec![Ok(0), Ok(1), Ok(2)]);
         tx.send(3);
@@ -377,7 +493,7 @@ mod tests {
         for n in 4..20 {
             tx.send(n);
         }
-        let (_, more) = rx.drain_then_poll(1, &waker, |_| {});
+        let (_, more) = rx.drain_then_poll(1, &waker, |_| ControlFlow::Continue(()));
         assert!(more.is_ready());
     }
 

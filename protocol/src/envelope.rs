@@ -43,8 +43,11 @@ pub struct Limits {
     /// Connections the broker accepts at once.
     pub max_connections: u64,
     /// The most of a connection's subscriptions that may be patterns
-    /// (`*` or `>`): every publish is matched against every pattern.
+    /// (`*` or `>`).
     pub max_patterns: u64,
+    /// How many bytes of messages a subscription may fall behind on one
+    /// topic before it gets `lagged` (as `subscriber_buffer`, in bytes).
+    pub subscriber_buffer_bytes: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             rate_limit: 0,
             max_connections: 100_000,
             max_patterns: 64,
+            subscriber_buffer_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -48,6 +48,23 @@ pub enum Value {
 }
 
 impl Value {
+    /// About how many bytes the value holds (see [`Payload::weight`]).
+    fn weight(&self) -> usize {
+        const NODE: usize = std::mem::size_of::<Value>();
+        match self {
+            Value::Str(s) => NODE + s.len(),
+            Value::Bin(b) | Value::Ext(_, b) => NODE + b.len(),
+            Value::Array(items) => NODE + items.iter().map(Value::weight).sum::<usize>(),
+            Value::Map(entries) => {
+                NODE + entries
+                    .iter()
+                    .map(|(k, v)| k.weight() + v.weight())
+                    .sum::<usize>()
+            }
+            _ => NODE,
+        }
+    }
+
     /// Whether this value is, or contains, binary data (`bin` or `ext`).
     pub fn contains_binary(&self) -> bool {
         match self {
@@ -372,6 +389,16 @@ impl Payload {
         match &self.0 {
             Repr::Json(raw) => raw.get().to_owned(),
             Repr::Value(v) => serde_json::to_string(&**v).unwrap_or_else(|_| "null".to_owned()),
+        }
+    }
+
+    /// About how many bytes the payload holds: its JSON text, or its
+    /// tree's strings and binaries plus a few bytes per value. What memory
+    /// bounds count a message as.
+    pub fn weight(&self) -> usize {
+        match &self.0 {
+            Repr::Json(raw) => raw.get().len(),
+            Repr::Value(v) => v.weight(),
         }
     }
 

@@ -404,7 +404,7 @@ fn opt_id() -> impl Strategy<Value = Option<u64>> {
 fn limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
         Just(Limits::default()),
-        any::<[u64; 11]>().prop_map(|l| Limits {
+        any::<[u64; 12]>().prop_map(|l| Limits {
             max_message_bytes: l[0],
             max_subscriptions: l[1],
             max_topic_bytes: l[2],
@@ -416,6 +416,7 @@ fn limits() -> impl Strategy<Value = Limits> {
             rate_limit: l[8],
             max_connections: l[9],
             max_patterns: l[10],
+            subscriber_buffer_bytes: l[11],
         }),
     ]
 }

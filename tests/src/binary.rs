@@ -41,3 +41,17 @@ pub async fn start_binary(binary: &str, prefix: &str, args: &str) -> (Child, Str
         .to_owned();
     (child, addr)
 }
+
+/// The resident memory of process `pid`, in bytes (Linux: `VmRSS` in
+/// `/proc/PID/status`).
+pub fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    kib * 1024
+}

@@ -19,7 +19,7 @@ pub mod redis;
 mod tls;
 pub mod tokens;
 
-pub use binary::{BINARY_WAIT, start_binary};
+pub use binary::{BINARY_WAIT, resident_bytes, start_binary};
 pub use broker::{TestBroker, broker, broker_on, broker_with, stop};
 pub use client::Client;
 pub use http::{

@@ -19,9 +19,8 @@ use crate::broker::{Admission, Broker};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::exit::Exit;
 use crate::connection::outbox::Outbox;
-use crate::connection::subscriptions::Subscriptions;
+use crate::connection::subscriptions::{Lag, Subscriptions};
 use crate::delivery::write_protocol_frame;
-use crate::history::Replay;
 use crate::metrics::Source;
 use crate::rate::{RateLimiter, Verdict};
 use starling_protocol::framing::{self, Event, Kind};
@@ -287,28 +286,8 @@ impl Session {
         let (rx, replay) = self.broker.subscribe(&mut filter, since);
         debug!(conn_id = %self.admission.id, topic = %filter, ?since, "subscribed");
         self.ack(id, None);
-        if let Some(Replay {
-            lost,
-            messages: replay,
-        }) = replay
-        {
-            if lost > 0 {
-                let metrics = self.broker.metrics();
-                metrics.lagged_events.inc();
-                metrics.lagged_messages.inc_by(lost);
-                self.send(&Envelope::Lagged {
-                    topic: filter.clone(),
-                    missed: lost,
-                });
-            }
-            for delivery in replay {
-                if let Some(wire) = delivery.wire(self.codec) {
-                    self.out.buf.extend_from_slice(wire);
-                    self.out.delivered += 1;
-                }
-            }
-        }
-        self.subs.insert(filter, rx);
+        // The replay is read as the socket takes it, before live messages.
+        self.subs.insert(filter, rx, replay);
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {
@@ -396,12 +375,17 @@ impl Session {
             ..
         } = self;
         let mut exit = None;
-        let _ = subs.deliver(out, *codec, bound, |filter, missed| {
+        let _ = subs.deliver(out, *codec, bound, |filter, lag| {
+            let missed = lag.missed();
             let metrics = broker.metrics();
             metrics.lagged_events.inc();
             metrics.lagged_messages.inc_by(missed);
-            debug!(conn_id = %admission.id, topic = %filter, missed, "subscriber lagged");
-            if broker.config().slow_consumer == SlowConsumerPolicy::Disconnect {
+            debug!(conn_id = %admission.id, topic = %filter, ?lag, "subscriber lagged");
+            // Messages a replay no longer finds are the history's loss,
+            // not the subscriber's slowness.
+            if matches!(lag, Lag::Live(_))
+                && broker.config().slow_consumer == SlowConsumerPolicy::Disconnect
+            {
                 exit = Some(Exit::close(
                     CloseCode::SlowConsumer,
                     format!("slow consumer: missed {missed} messages on {filter}"),

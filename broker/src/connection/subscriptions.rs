@@ -4,9 +4,13 @@
 //! Each subscription leaves a small waker in its ring that names the
 //! subscription's slot, so a wake-up looks only at the subscriptions that
 //! have something; taking a subscription's deliveries copies each one's
-//! shared frame bytes into the outbox, under one lock of the ring per chunk.
+//! shared frame bytes into the outbox, under one lock of the ring per chunk,
+//! and stops at the message that fills the outbox to its bound. A
+//! subscription with `since` first reads its replay from the topic's history
+//! the same way, a page per turn, before its live messages.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 
@@ -14,7 +18,8 @@ use futures_util::task::AtomicWaker;
 use starling_protocol::{Codec, Envelope, Filter};
 
 use crate::connection::outbox::{OUT_INITIAL, Outbox};
-use crate::delivery::write_protocol_frame;
+use crate::delivery::{Delivery, write_protocol_frame};
+use crate::history::Replay;
 use crate::registry::DeliveryReceiver;
 use crate::ring::Missed;
 use crate::sync::lock;
@@ -51,11 +56,31 @@ impl Wake for SubWaker {
     }
 }
 
-/// One subscription: what it is to, its receiver and its waker.
+/// One subscription: what it is to, its receiver and its waker, and what
+/// it still has to replay before its live messages.
 pub(crate) struct Sub {
     pub(crate) filter: Filter,
     rx: DeliveryReceiver,
     waker: Waker,
+    replay: Option<Replay>,
+}
+
+/// Messages a subscription did not get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lag {
+    /// It fell behind its live messages by this many.
+    Live(u64),
+    /// This many of the messages it asked to replay are no longer retained.
+    Replay(u64),
+}
+
+impl Lag {
+    /// How many messages.
+    pub(crate) fn missed(self) -> u64 {
+        match self {
+            Lag::Live(n) | Lag::Replay(n) => n,
+        }
+    }
 }
 
 /// A connection's subscriptions, by slot.
@@ -78,9 +103,9 @@ impl Subscriptions {
             .position(|sub| sub.as_ref().is_some_and(|sub| sub.filter == *filter))
     }
 
-    /// Adds a subscription; it is looked at at once when messages came
-    /// meanwhile.
-    pub(crate) fn insert(&mut self, filter: Filter, rx: DeliveryReceiver) {
+    /// Adds a subscription, which first replays `replay` when given; it is
+    /// looked at at once when it has a replay or messages came meanwhile.
+    pub(crate) fn insert(&mut self, filter: Filter, rx: DeliveryReceiver, replay: Option<Replay>) {
         let woken = self.woken.get_or_insert_with(Default::default).clone();
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,
@@ -98,13 +123,18 @@ impl Subscriptions {
             woken,
             slot: slot_id,
         }));
-        let mut sub = Sub { filter, rx, waker };
+        let mut sub = Sub {
+            filter,
+            rx,
+            waker,
+            replay,
+        };
         // Registers the waker, or finds messages that came meanwhile.
-        if sub
+        let live = sub
             .rx
             .poll_ready(&mut Context::from_waker(&sub.waker))
-            .is_ready()
-        {
+            .is_ready();
+        if live || sub.replay.is_some() {
             self.ready.push_back(slot_id);
         }
         self.slots[slot] = Some(sub);
@@ -171,15 +201,16 @@ impl Subscriptions {
     }
 
     /// Takes deliveries from the subscriptions that have some into `out`,
-    /// while it holds less than `bound` bytes. Calls `lagged` with each
-    /// subscription that missed messages and how many.
+    /// while it holds less than `bound` bytes (the message that reaches the
+    /// bound is the last). Calls `lagged` with each subscription that missed
+    /// messages and how many.
     pub(crate) fn deliver(
         &mut self,
         out: &mut Outbox,
         codec: Codec,
         bound: usize,
-        mut lagged: impl FnMut(&Filter, u64) -> std::ops::ControlFlow<()>,
-    ) -> std::ops::ControlFlow<()> {
+        mut lagged: impl FnMut(&Filter, Lag) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         for _ in 0..self.ready.len() {
             if out.queued() >= bound {
                 break;
@@ -187,29 +218,47 @@ impl Subscriptions {
             let Some(slot) = self.ready.pop_front() else {
                 break;
             };
-            if let Some((filter, missed)) = self.drain_slot(slot, out, codec, bound) {
-                lagged(&filter, missed)?;
+            if let Some((filter, lag)) = self.drain_slot(slot, out, codec, bound) {
+                lagged(&filter, lag)?;
             }
         }
-        std::ops::ControlFlow::Continue(())
+        ControlFlow::Continue(())
     }
 
-    /// Takes what one subscription has ready, within the budget and the
-    /// outbound bound, then waits on it again (or keeps it ready). Returns
-    /// its filter and how many messages it missed, when it missed some.
+    /// Takes what one subscription has ready (its replay first), within the
+    /// budget and the outbound bound, then waits on it again (or keeps it
+    /// ready). Returns its filter and what it missed, when it missed some.
     fn drain_slot(
         &mut self,
         slot: u32,
         out: &mut Outbox,
         codec: Codec,
         bound: usize,
-    ) -> Option<(Filter, u64)> {
+    ) -> Option<(Filter, Lag)> {
         let Some(Some(sub)) = self.slots.get_mut(slot as usize) else {
             return None;
         };
         // One allocation for a typical batch, rather than a few regrowths.
         if out.buf.capacity() == 0 {
             out.buf.reserve(OUT_INITIAL);
+        }
+        if let Some(replay) = &mut sub.replay {
+            let mut lost = 0;
+            let done = replay.page(|item| match item {
+                Ok(delivery) => copy(delivery, out, codec, bound),
+                Err(missed) => {
+                    lost += missed;
+                    write_lagged(out, codec, &sub.filter, missed);
+                    ControlFlow::Continue(())
+                }
+            });
+            if done {
+                sub.replay = None;
+            }
+            // Live messages wait for the rest of the replay, or are taken
+            // at the next turn.
+            self.ready.push_back(slot);
+            return (lost > 0).then(|| (sub.filter.clone(), Lag::Replay(lost)));
         }
         let mut budget = DRAIN_BUDGET;
         let mut missed_total = 0;
@@ -220,22 +269,12 @@ impl Subscriptions {
             let (taken, more) =
                 sub.rx
                     .drain_then_poll(budget.min(DRAIN_CHUNK), &sub.waker, |item| match item {
-                        Ok(delivery) => {
-                            if let Some(wire) = delivery.wire(codec) {
-                                out.buf.extend_from_slice(wire);
-                                out.delivered += 1;
-                            }
-                        }
+                        Ok(delivery) => copy(delivery, out, codec, bound),
                         // Reported first, before what comes after the gap.
                         Err(Missed::Lagged(missed)) => {
                             missed_total += missed;
-                            let lagged = Envelope::Lagged {
-                                topic: sub.filter.clone(),
-                                missed,
-                            };
-                            if let Ok(frame) = codec.encode(&lagged) {
-                                write_protocol_frame(&mut out.buf, &frame);
-                            }
+                            write_lagged(out, codec, &sub.filter, missed);
+                            ControlFlow::Continue(())
                         }
                     });
             budget = budget.saturating_sub(taken);
@@ -244,6 +283,32 @@ impl Subscriptions {
         if ready {
             self.ready.push_back(slot);
         }
-        (missed_total > 0).then(|| (sub.filter.clone(), missed_total))
+        (missed_total > 0).then(|| (sub.filter.clone(), Lag::Live(missed_total)))
+    }
+}
+
+/// Copies a delivery's frame into the outbox; breaks once the outbox holds
+/// `bound` bytes.
+#[inline]
+fn copy(delivery: &Delivery, out: &mut Outbox, codec: Codec, bound: usize) -> ControlFlow<()> {
+    if let Some(wire) = delivery.wire(codec) {
+        out.buf.extend_from_slice(wire);
+        out.delivered += 1;
+    }
+    if out.queued() >= bound {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Queues a `lagged` notice for `filter`.
+fn write_lagged(out: &mut Outbox, codec: Codec, filter: &Filter, missed: u64) {
+    let lagged = Envelope::Lagged {
+        topic: filter.clone(),
+        missed,
+    };
+    if let Ok(frame) = codec.encode(&lagged) {
+        write_protocol_frame(&mut out.buf, &frame);
     }
 }

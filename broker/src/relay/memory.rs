@@ -59,9 +59,9 @@ impl Relay for MemoryRelay {
         if let (Some(since), Some(topic)) = (since, filter.as_topic())
             && let Some(history) = self.history.get(&topic)
         {
-            let history = HistoryStore::lock(&history);
+            let guard = HistoryStore::lock(&history);
             let rx = self.registry.subscribe_shared(filter);
-            return (rx, Some(history.replay(since)));
+            return (rx, Replay::after(&history, &guard, since));
         }
         (self.registry.subscribe_shared(filter), None)
     }
@@ -115,9 +115,16 @@ mod tests {
         }
         let mut filter = Filter::new("a.b").unwrap();
         let (_rx, replay) = relay.subscribe(&mut filter, Some(0));
-        let replay = replay.expect("a replay");
-        assert_eq!(replay.lost, 1);
-        let offsets: Vec<_> = replay.messages.iter().map(|d| d.offset).collect();
+        let (mut lost, mut offsets) = (0, Vec::new());
+        let done = replay.expect("a replay").page(|item| {
+            match item {
+                Err(n) => lost += n,
+                Ok(d) => offsets.push(d.offset),
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        assert!(done);
+        assert_eq!(lost, 1);
         assert_eq!(offsets, vec![Some(2), Some(3)]);
     }
 }
