@@ -626,6 +626,12 @@ async fn invalid_utf8(broker: &TestBroker) {
         (0x80, b"\x28\"}", true),
     ];
     closed_with(broker, &frames, 1007).await;
+    // A fragment that breaks it fails the message at once, before its end.
+    let frames: [RawFrameSpec<'_>; 2] = [
+        (0x01, "{\"type\":\"ping\",\"x\":\"κόσμε".as_bytes(), true),
+        (0x00, b"\xf4\x90", true),
+    ];
+    closed_with(broker, &frames, 1007).await;
 }
 
 async fn unmasked_frame(broker: &TestBroker) {

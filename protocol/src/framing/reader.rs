@@ -29,6 +29,30 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 struct Fragments {
     kind: Kind,
     data: Vec<u8>,
+    /// For text: how much of `data` is known to be UTF-8, up to a
+    /// character boundary (a character may continue in the next fragment).
+    checked: usize,
+}
+
+impl Fragments {
+    /// Checks the text added since the last check, so that a message that
+    /// stops being UTF-8 fails at the fragment that breaks it, not at its
+    /// end (each byte is checked once either way). On the last fragment
+    /// (`fin`), a character cut off at the end breaks it too.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), Violation> {
+        if self.kind != Kind::Text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            // Valid so far, with the start of a character at the end.
+            Err(error) if error.error_len().is_none() && !fin => {
+                self.checked += error.valid_up_to();
+            }
+            Err(_) => return Err(Violation::not_utf8()),
+        }
+        Ok(())
+    }
 }
 
 /// Parses the peer's frames out of the bytes read so far.
@@ -170,10 +194,13 @@ impl FrameReader {
                     Kind::Binary
                 };
                 if !header.fin {
-                    self.fragments = Some(Box::new(Fragments {
+                    let mut fragments = Box::new(Fragments {
                         kind,
                         data: payload.to_vec(),
-                    }));
+                        checked: 0,
+                    });
+                    fragments.check_utf8(false)?;
+                    self.fragments = Some(fragments);
                     return Ok(Some(Step::Fragment));
                 }
                 if kind == Kind::Text && std::str::from_utf8(payload).is_err() {
@@ -188,13 +215,11 @@ impl FrameReader {
                     ));
                 };
                 fragments.data.extend_from_slice(payload);
+                fragments.check_utf8(header.fin)?;
                 if !header.fin {
                     return Ok(Some(Step::Fragment));
                 }
                 let fragments = self.fragments.take().expect("checked above");
-                if fragments.kind == Kind::Text && std::str::from_utf8(&fragments.data).is_err() {
-                    return Err(Violation::not_utf8());
-                }
                 return Ok(Some(Step::Reassembled(fragments)));
             }
             opcode::PING => FrameKind::Ping,
@@ -387,6 +412,38 @@ mod tests {
             "{}",
             reader.buf.capacity()
         );
+    }
+
+    #[test]
+    fn fragmented_text_fails_at_the_fragment_that_breaks_utf8() {
+        // Autobahn 6.4.1 and 6.4.2: the message is failed before its last
+        // fragment is sent.
+        for bad in [&[0xf4, 0x90, 0x80, 0x80][..], &[0xf4, 0x90], &[0xc0]] {
+            let mut wire = client_frame(0x01, "κόσμε".as_bytes());
+            wire.extend(client_frame(0x00, bad));
+            assert_eq!(violation(&wire).code, CloseCode::InvalidPayload, "{bad:?}");
+        }
+        // A first fragment that is not UTF-8 is failed at once.
+        assert_eq!(
+            violation(&client_frame(0x01, &[b'a', 0xff])).code,
+            CloseCode::InvalidPayload
+        );
+        // A character cut across fragments, even one byte per fragment, is fine...
+        let mut wire = client_frame(0x01, b"a\xe2");
+        wire.extend(client_frame(0x00, b"\x82"));
+        wire.extend(client_frame(0x00, b""));
+        wire.extend(client_frame(0x80, b"\xacb"));
+        let mut reader = FrameReader::default();
+        assert_eq!(parse(&mut reader, &wire).unwrap(), vec!["Text:a€b"]);
+        // ...unless the message ends inside it.
+        let mut cut = client_frame(0x01, b"a\xe2");
+        cut.extend(client_frame(0x80, b"\x82"));
+        assert_eq!(violation(&cut).code, CloseCode::InvalidPayload);
+        // Binary fragments are never checked.
+        let mut binary = client_frame(0x02, &[0xff]);
+        binary.extend(client_frame(0x80, &[0xfe]));
+        let mut reader = FrameReader::default();
+        assert_eq!(parse(&mut reader, &binary).unwrap().len(), 1);
     }
 
     #[test]
