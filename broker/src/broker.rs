@@ -83,6 +83,9 @@ struct Shared {
     shutting_down: AtomicBool,
     connection_slots: Arc<Semaphore>,
     next_conn_id: AtomicU64,
+    /// Connections echo messages instead of reading them as envelopes:
+    /// for conformance tests only (`internals::echo_broker`).
+    echo: bool,
 }
 
 /// One broker node: its topics, its connections' limits and its metrics.
@@ -97,6 +100,18 @@ impl Broker {
     /// Redis URL that does not parse, an unreadable key, a bad origin
     /// rule); Redis itself is not contacted until the broker serves.
     pub fn new(config: Config) -> Result<Self, StartError> {
+        Broker::build(config, false)
+    }
+
+    /// A broker whose connections send every message back as it came,
+    /// instead of reading it as an envelope: an echo server on the broker's
+    /// own handshake, framing and connection loop, for conformance tests
+    /// (`internals::echo_broker`).
+    pub(crate) fn echo(config: Config) -> Result<Self, StartError> {
+        Broker::build(config, true)
+    }
+
+    fn build(config: Config, echo: bool) -> Result<Self, StartError> {
         let verifier = Verifier::from_config(&config)?;
         let origins = OriginPolicy::new(&config.allowed_origins)?;
         let tls = Tls::from_paths(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
@@ -157,9 +172,15 @@ impl Broker {
                 shutting_down: AtomicBool::new(false),
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 next_conn_id: AtomicU64::new(1),
+                echo,
                 config,
             }),
         })
+    }
+
+    /// Whether connections echo messages (see [`Broker::echo`]).
+    pub(crate) fn echoes(&self) -> bool {
+        self.shared.echo
     }
 
     /// This node's id.

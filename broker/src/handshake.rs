@@ -264,8 +264,10 @@ impl Admitted {
 
     /// Starts the connection task on `stream`, after the `101` was sent;
     /// `early` is what the client sent after its request. The one place a
-    /// connection is spawned.
+    /// connection is spawned: a broker's, or an echo broker's (checked once
+    /// here, so that a connection's loop carries no check of it).
     pub(crate) fn start(self, stream: Stream, early: Bytes) {
+        let echo = self.broker.echoes();
         let ctx = ConnCtx {
             broker: self.broker,
             admission: self.admission,
@@ -274,7 +276,11 @@ impl Admitted {
             auth: self.auth,
         };
         // A task of its own, holding only what the connection needs.
-        tokio::spawn(run_connection(stream, early, ctx));
+        if echo {
+            tokio::spawn(run_connection::<true>(stream, early, ctx));
+        } else {
+            tokio::spawn(run_connection::<false>(stream, early, ctx));
+        }
     }
 }
 

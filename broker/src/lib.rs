@@ -78,13 +78,16 @@ pub use stats::STATS_TOPIC;
 pub use tls::TlsError;
 pub use token::{TokenArgs, TokenError};
 
-/// Not part of the API: what the crate's own benchmarks reach. It may
-/// change in any release.
+/// Not part of the API: what the crate's own benchmarks and examples
+/// reach. It may change in any release.
 #[doc(hidden)]
 pub mod internals {
     use std::sync::Arc;
 
     use starling_protocol::Filter;
+
+    use crate::broker::{Broker, StartError};
+    use crate::config::Config;
 
     pub use crate::delivery::Delivery;
     pub use crate::registry::DeliveryReceiver;
@@ -116,6 +119,19 @@ pub mod internals {
         pub fn publish(&self, delivery: Delivery) -> usize {
             self.registry.publish(delivery)
         }
+    }
+
+    /// A broker whose WebSocket connections send every text or binary
+    /// message back as it came (same opcode, same payload; a fragmented one
+    /// whole) instead of reading it as an envelope, and send no `welcome`.
+    /// Everything else is the broker's own: the handshake, the frame rules
+    /// and their close codes, the UTF-8 check of text, the size limit
+    /// (1009 over twice `max_message_bytes`), pings, the close handshake,
+    /// the outbound buffer and the poll loop. Serve it with
+    /// [`crate::serve`]. For conformance tests (the `echo` example,
+    /// `.ci/autobahn`); nothing else should run one.
+    pub fn echo_broker(config: Config) -> Result<Broker, StartError> {
+        Broker::echo(config)
     }
 }
 

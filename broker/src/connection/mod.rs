@@ -15,7 +15,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | this one | the poll loop (read, deliver, write in turns) and the close handshake |
-//! | [`session`] | the protocol: one arm per client frame type |
+//! | [`session`] | the protocol: one arm per client frame type (or the echo mode of conformance tests) |
 //! | [`subscriptions`] | subscriptions, their wakers, taking their deliveries |
 //! | [`outbox`] | the outbound buffer, one write per batch |
 //! | [`keepalive`] | pings, idle and write timeouts |
@@ -79,10 +79,11 @@ struct Tuning {
 }
 
 /// A connection: its socket, what was read and not parsed yet, and the rest.
-struct Connection {
+/// `ECHO`: whether its session echoes messages (see [`session`]).
+struct Connection<const ECHO: bool> {
     io: Stream,
     reader: FrameReader,
-    session: Session,
+    session: Session<ECHO>,
     keepalive: Keepalive,
 }
 
@@ -99,7 +100,11 @@ fn poll_read(
 
 /// Handles every complete frame in the reader's buffer; `Some` when the
 /// connection must end.
-fn parse_input(reader: &mut FrameReader, session: &mut Session, hard_limit: usize) -> Option<Exit> {
+fn parse_input<const ECHO: bool>(
+    reader: &mut FrameReader,
+    session: &mut Session<ECHO>,
+    hard_limit: usize,
+) -> Option<Exit> {
     match reader.parse(hard_limit, |event| session.on_event(event)) {
         Ok(ControlFlow::Continue(())) => None,
         Ok(ControlFlow::Break(exit)) => Some(exit),
@@ -107,7 +112,7 @@ fn parse_input(reader: &mut FrameReader, session: &mut Session, hard_limit: usiz
     }
 }
 
-impl Connection {
+impl<const ECHO: bool> Connection<ECHO> {
     /// Reads, delivers and writes, in turns, until nothing is ready (or the
     /// turns run out, and the task yields); ready with why it must end.
     fn poll_io(&mut self, tuning: Tuning, cx: &mut Context<'_>) -> Poll<Exit> {
@@ -307,10 +312,12 @@ impl Connection {
 
 /// Runs one connection until it ends, then logs one line about it.
 /// `read` is what the client sent after its upgrade request, if anything.
+/// `ECHO` is false for the broker's clients; true for the echo mode of
+/// conformance tests (see [`session`]).
 ///
 /// The setup is done here, outside the returned future, so that only what
 /// the connection needs while it lives is kept in its task.
-pub(crate) fn run_connection(
+pub(crate) fn run_connection<const ECHO: bool>(
     io: Stream,
     read: Bytes,
     ctx: ConnCtx,
@@ -339,7 +346,7 @@ pub(crate) fn run_connection(
     }
     let mut reader = FrameReader::default();
     reader.buffer().extend_from_slice(&read);
-    let mut conn = Connection {
+    let mut conn = Connection::<ECHO> {
         io,
         reader,
         session: Session::new(broker, admission, codec, auth),
@@ -378,7 +385,7 @@ mod tests {
             peer,
             auth: Auth::OFF,
         };
-        let task = run_connection(Stream::Plain(server), Bytes::new(), ctx);
+        let task = run_connection::<false>(Stream::Plain(server), Bytes::new(), ctx);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 704, "connection task state is {size} bytes");
     }

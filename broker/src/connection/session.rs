@@ -2,6 +2,14 @@
 //!
 //! A new client frame type is one arm of [`Session::on_envelope`] (and one
 //! variant of the protocol crate's `Envelope`).
+//!
+//! `Session<true>` is the echo mode of `internals::echo_broker`, for
+//! conformance tests of the framing (the Autobahn TestSuite, see
+//! docs/conformance.md): it sends no `welcome`, and sends every message back
+//! as it came instead of reading it as an envelope. Everything else (frame
+//! rules, UTF-8 of text, the size limit, pings, the close handshake, the
+//! outbound buffer) is the broker's own. `ECHO` is a constant: the
+//! broker's connections (`Session<false>`) carry no check of it.
 
 use std::ops::ControlFlow;
 
@@ -28,7 +36,7 @@ use starling_protocol::framing::{self, Event, Kind};
 /// The state of one connection, apart from its socket, read buffer and
 /// timers. Dropping it removes the connection's subscriptions from the
 /// registry, on every exit path.
-pub(crate) struct Session {
+pub(crate) struct Session<const ECHO: bool = false> {
     pub(crate) broker: Broker,
     /// The connection's id and its slot under the connection limit.
     pub(crate) admission: Admission,
@@ -44,7 +52,7 @@ pub(crate) struct Session {
     expiry_changed: bool,
 }
 
-impl Drop for Session {
+impl<const ECHO: bool> Drop for Session<ECHO> {
     fn drop(&mut self) {
         for sub in self.subs.drain() {
             self.broker.unsubscribe(&sub.filter);
@@ -54,9 +62,9 @@ impl Drop for Session {
     }
 }
 
-impl Session {
+impl<const ECHO: bool> Session<ECHO> {
     /// A session of a client with credentials `auth`; it starts by sending
-    /// `welcome`, unless its token was refused.
+    /// `welcome`, unless its token was refused (or it echoes).
     pub(crate) fn new(broker: Broker, admission: Admission, codec: Codec, auth: Auth) -> Self {
         let rate_limit = broker.config().rate_limit;
         broker.metrics().connections.inc();
@@ -71,7 +79,7 @@ impl Session {
             auth,
             expiry_changed: false,
         };
-        if session.auth.refusal().is_some() {
+        if ECHO || session.auth.refusal().is_some() {
             return session;
         }
         {
@@ -152,6 +160,12 @@ impl Session {
 
     /// Handles one data message from the peer.
     fn on_message(&mut self, kind: Kind, data: &[u8]) -> ControlFlow<Exit> {
+        if ECHO {
+            // The reader has checked the frames, the size (up to the hard
+            // limit: 1009 over it) and the UTF-8 of text.
+            framing::write_message(&mut self.out.buf, kind, data);
+            return ControlFlow::Continue(());
+        }
         match (kind, self.codec.is_text()) {
             (Kind::Text, true) | (Kind::Binary, false) => {}
             (Kind::Binary, true) => {
