@@ -4,6 +4,7 @@
 //! loop.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use starling_broker::Config;
 use starling_tests::{RawFrame, RawWs, within};
@@ -92,6 +93,35 @@ async fn text_that_is_not_utf8_fails_with_1007_at_its_first_bad_fragment() {
     raw.send_frame(0x00, &[0xf4, 0x90], true).await;
     let (code, reason, before) = raw.recv_close().await;
     assert_eq!((code, before), (1007, vec![]), "{reason}");
+    let _ = stop.send(());
+    within("echo broker stops", task).await.unwrap();
+}
+
+/// A message far larger than the outbound bound and the socket buffers,
+/// read late: its echo is written over many turns of the connection loop,
+/// during which nothing is read (the outbound buffer is full). Once it is
+/// all written, the connection must read again by itself: the next message
+/// is echoed too.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_resumes_after_a_large_echo_is_written() {
+    let (addr, stop, task) = echo_broker().await;
+    let mut raw = connect(addr).await;
+    let large: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+    for sent_before_reading in [false, true] {
+        raw.send_frame(0x82, &large, true).await;
+        if sent_before_reading {
+            raw.send_frame(0x81, b"next", true).await;
+        }
+        // The socket buffers fill up before anything is read.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let echo = raw.read_frame().await.expect("the large echo");
+        assert_eq!(echo.head, 0x82);
+        assert!(echo.payload == large, "the large echo is whole");
+        if !sent_before_reading {
+            raw.send_frame(0x81, b"next", true).await;
+        }
+        assert_eq!(raw.read_frame().await, Some(frame(0x81, b"next")));
+    }
     let _ = stop.send(());
     within("echo broker stops", task).await.unwrap();
 }

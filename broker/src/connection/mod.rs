@@ -125,10 +125,12 @@ impl<const ECHO: bool> Connection<ECHO> {
         let mut registered = false;
         for _ in 0..TURNS_PER_POLL {
             // Another turn is needed after a read that got data (the socket
-            // may hold more) or while subscriptions have something and the
-            // outbound buffer has room.
+            // may hold more), and when the outbound buffer has room while
+            // subscriptions have something or the read was skipped for want
+            // of room (the socket's readiness is registered only by a read).
             let mut progress = false;
-            if session.out.queued() < tuning.bound {
+            let full = session.out.queued() >= tuning.bound;
+            if !full {
                 match poll_read(io, reader, tuning.read_chunk, cx) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Exit::PeerGone("closed without a close frame".into()));
@@ -163,7 +165,7 @@ impl<const ECHO: bool> Connection<ECHO> {
                     Poll::Pending => {}
                 }
             }
-            progress |= session.subs.has_ready() && session.out.queued() < tuning.bound;
+            progress |= (full || session.subs.has_ready()) && session.out.queued() < tuning.bound;
             if !progress {
                 return Poll::Pending;
             }
