@@ -634,6 +634,28 @@ async fn invalid_utf8(broker: &TestBroker) {
     closed_with(broker, &frames, 1007).await;
 }
 
+/// Sends a close frame that breaks the rules: the broker fails the
+/// connection with `code` and ends the stream at once, without waiting
+/// for a close frame from a peer that has sent its own.
+async fn failed_by_close_frame(broker: &TestBroker, payload: &[u8], code: u16) {
+    let mut raw = RawWs::connect(broker.addr()).await;
+    raw.send_frame(0x88, payload, true).await;
+    let close = raw.read_frame().await.expect("a close frame");
+    assert_eq!(close.opcode(), 8, "{close:?}");
+    assert_eq!(close.payload[..2], code.to_be_bytes(), "{close:?}");
+    // Well within the second the broker waits for a close frame after its own.
+    let end = tokio::time::timeout(std::time::Duration::from_millis(600), raw.read_frame()).await;
+    assert_eq!(end, Ok(None), "the stream ends at once");
+}
+
+async fn bad_close_frames(broker: &TestBroker) {
+    failed_by_close_frame(broker, &[0x03], 1002).await;
+    failed_by_close_frame(broker, &999u16.to_be_bytes(), 1002).await;
+    failed_by_close_frame(broker, &5000u16.to_be_bytes(), 1002).await;
+    failed_by_close_frame(broker, &[0x03, 0xe8, 0xff], 1007).await;
+    failed_by_close_frame(broker, &[0x03, 0xe8].repeat(63), 1002).await;
+}
+
 async fn unmasked_frame(broker: &TestBroker) {
     closed_with(broker, &[(0x81, PING, false)], 1002).await;
 }
@@ -1069,6 +1091,14 @@ async fn text_frame_with_invalid_utf8_is_closed_with_1007() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn close_frame_that_breaks_the_rules_is_answered_and_the_stream_ends_at_once() {
+    let broker = broker().await;
+    witnessed!(&broker, bad_close_frames(&broker).await);
+    broker_still_serves(&broker).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unmasked_client_frame_is_closed_with_1002() {
     let broker = broker().await;
     witnessed!(&broker, unmasked_frame(&broker).await);
@@ -1172,6 +1202,7 @@ async fn broker_survives_every_bad_input_in_a_row() {
     text_on_msgpack(&broker).await;
     witness.publish().await;
     invalid_utf8(&broker).await;
+    bad_close_frames(&broker).await;
     unmasked_frame(&broker).await;
     reserved_bits(&broker).await;
     reserved_opcode(&broker).await;

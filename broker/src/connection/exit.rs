@@ -11,6 +11,10 @@ pub(crate) enum Exit {
     PeerGone(String),
     /// The broker closes with this code and reason.
     Close(CloseCode, String),
+    /// The peer broke a rule of RFC 6455 (or the size limit): the broker
+    /// fails the connection with this code and reason, and reads nothing
+    /// more from it (7.1.7), not even a close frame.
+    Fail(CloseCode, String),
 }
 
 impl Exit {
@@ -24,6 +28,7 @@ impl Exit {
             Exit::PeerClosed => "client closed".to_owned(),
             Exit::PeerGone(why) => format!("connection lost: {why}"),
             Exit::Close(code, why) => format!("closed with {code}: {why}"),
+            Exit::Fail(code, why) => format!("failed with {code}: {why}"),
         }
     }
 }

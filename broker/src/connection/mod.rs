@@ -14,7 +14,7 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | this one | the poll loop (read, deliver, write in turns) and the close handshake |
+//! | this one | the poll loop (read, deliver, write in turns), the close handshake, failing a connection that breaks the rules |
 //! | [`session`] | the protocol: one arm per client frame type (or the echo mode of conformance tests) |
 //! | [`subscriptions`] | subscriptions, their wakers, taking their deliveries |
 //! | [`outbox`] | the outbound buffer, one write per batch |
@@ -108,7 +108,7 @@ fn parse_input<const ECHO: bool>(
     match reader.parse(hard_limit, |event| session.on_event(event)) {
         Ok(ControlFlow::Continue(())) => None,
         Ok(ControlFlow::Break(exit)) => Some(exit),
-        Err(violation) => Some(Exit::close(violation.code, violation.reason)),
+        Err(violation) => Some(Exit::Fail(violation.code, violation.reason)),
     }
 }
 
@@ -296,11 +296,45 @@ impl<const ECHO: bool> Connection<ECHO> {
                     let _ = tokio::time::timeout(deadline, closing).await;
                 }))
             }
+            Exit::Fail(code, why) => {
+                self.session.broker.metrics().close(code);
+                framing::write_close(&mut self.session.out.buf, code.code(), &why);
+                Some(Box::pin(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.fail(tuning)).await;
+                }))
+            }
             Exit::PeerClosed => Some(Box::pin(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.answer_close()).await;
             })),
             Exit::PeerGone(_) => None,
         }
+    }
+
+    /// Writes what is queued (ending with our close frame) and ends the
+    /// stream at once: after a violation the peer's frames are not read any
+    /// more, so no close frame is waited for. What the peer still sends is
+    /// read and dropped until it ends its side (for a moment at most), so
+    /// that the close frame is not lost to a reset of the connection.
+    async fn fail(&mut self, tuning: Tuning) {
+        let Connection {
+            io,
+            reader,
+            session,
+            ..
+        } = self;
+        if poll_fn(|cx| session.out.poll_write(io, cx)).await.is_err()
+            || poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+            while let Ok(1..) = poll_fn(|cx| poll_read(io, reader, tuning.read_chunk, cx)).await {
+                reader.buffer().clear();
+            }
+        })
+        .await;
     }
 
     /// Writes the answer to the peer's close frame, then ends the stream.
