@@ -11,7 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{AuthConfigError, Verifier};
 use crate::config::Config;
-use crate::history::{HistoryPolicy, HistoryStore, Replay};
+use crate::history::{HistoryBounds, HistoryPolicy, HistoryStore, Replay};
 use crate::metrics::{Metrics, Source};
 use crate::origin::{OriginPolicy, OriginRuleError};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
@@ -154,7 +154,11 @@ impl Broker {
             }
             None => {
                 let policy = HistoryPolicy::new(config.history, &config.history_prefixes);
-                let history = HistoryStore::new(policy, config.history_topics);
+                let bounds = HistoryBounds {
+                    topics: config.history_topics,
+                    bytes: config.history_max_bytes,
+                };
+                let history = HistoryStore::new(policy, bounds, metrics.clone());
                 Box::new(MemoryRelay::new(registry.clone(), history, node_id.clone()))
             }
         };

@@ -171,9 +171,16 @@ pub struct Config {
     #[arg(long = "history-prefix", env = "STARLING_HISTORY_PREFIX", value_delimiter = ',', value_parser = parse_prefix_rule)]
     pub history_prefixes: Vec<(String, usize)>,
 
-    /// Most topics that keep history; topics beyond it keep none.
+    /// Most topics that keep history: a new topic beyond it takes the place
+    /// of the topics used least recently (their history and offsets go).
     #[arg(long, env = "STARLING_HISTORY_TOPICS", default_value_t = 100_000)]
     pub history_topics: usize,
+
+    /// Most bytes of messages (payload and topic) all histories together
+    /// keep: beyond it, the oldest messages of the topics used least
+    /// recently are dropped.
+    #[arg(long, env = "STARLING_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub history_max_bytes: usize,
 
     /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` or, over TLS,
     /// `rediss://redis.internal:6380` (default:

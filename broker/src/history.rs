@@ -15,13 +15,15 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use starling_protocol::Topic;
 
 use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::ring::Weigh;
 
 /// How many messages each topic keeps: a default and per-prefix refinements.
 #[derive(Debug, Clone, Default)]
@@ -123,6 +125,10 @@ pub(crate) struct TopicHistory {
     capacity: usize,
     next_offset: u64,
     messages: VecDeque<Arc<Delivery>>,
+    /// The weight of `messages`.
+    bytes: usize,
+    /// The store's clock when the topic was last published to or replayed.
+    last_used: u64,
 }
 
 impl TopicHistory {
@@ -141,44 +147,83 @@ impl TopicHistory {
     }
 
     /// Records a message with the next offset (the caller built it with
-    /// [`TopicHistory::next_offset`]).
-    pub(crate) fn push(&mut self, delivery: Arc<Delivery>) {
+    /// [`TopicHistory::next_offset`]); returns the weight added and the
+    /// weight and count of the messages it pushed out.
+    fn push(&mut self, delivery: Arc<Delivery>) -> (usize, usize, usize) {
         self.next_offset += 1;
+        let (mut freed, mut dropped) = (0, 0);
         if self.messages.len() >= self.capacity {
-            self.messages.pop_front();
+            freed = self.pop_front();
+            dropped = 1;
         }
+        let added = delivery.weight();
+        self.bytes += added;
         self.messages.push_back(delivery);
+        (added, freed, dropped)
+    }
+
+    /// Drops the oldest message; returns its weight.
+    fn pop_front(&mut self) -> usize {
+        let weight = self.messages.pop_front().map_or(0, |d| d.weight());
+        self.bytes -= weight;
+        weight
     }
 }
 
-/// Every topic's history, bounded in topics.
+/// How much the history may hold, all topics together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryBounds {
+    /// Most topics with a history.
+    pub(crate) topics: usize,
+    /// Most bytes of retained messages (payload and topic).
+    pub(crate) bytes: usize,
+}
+
+/// Every topic's history, bounded in topics and in bytes: beyond either
+/// bound, the histories used least recently (published to or replayed) give
+/// way, so that no topic is refused history because of names seen earlier.
 #[derive(Debug)]
 pub(crate) struct HistoryStore {
     /// Whether any topic keeps history (the publish path checks only this
     /// when none does).
     enabled: bool,
     policy: HistoryPolicy,
-    max_topics: usize,
+    bounds: HistoryBounds,
     topics: DashMap<Topic, Arc<Mutex<TopicHistory>>>,
-    full_warned: AtomicBool,
+    /// Ticks once per use of a history: what "recently" is measured in.
+    clock: AtomicU64,
+    /// Weight and count of every retained message.
+    bytes: AtomicUsize,
+    messages: AtomicUsize,
+    /// Held by the one caller that makes room at a time.
+    evicting: Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 /// A locked topic history.
 pub(crate) type HistoryGuard<'a> = MutexGuard<'a, TopicHistory>;
 
 impl HistoryStore {
-    pub(crate) fn new(policy: HistoryPolicy, max_topics: usize) -> Self {
+    pub(crate) fn new(policy: HistoryPolicy, bounds: HistoryBounds, metrics: Arc<Metrics>) -> Self {
         HistoryStore {
             enabled: policy.is_enabled(),
             policy,
-            max_topics,
+            bounds: HistoryBounds {
+                topics: bounds.topics.max(1),
+                bytes: bounds.bytes,
+            },
             topics: DashMap::new(),
-            full_warned: AtomicBool::new(false),
+            clock: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
+            messages: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
+            metrics,
         }
     }
 
-    /// The history of `topic`, created on its first message; `None` when the
-    /// topic keeps none (or the store holds `max_topics` already).
+    /// The history of `topic`, created on its first message (the least
+    /// recently used histories give way when the store holds its most
+    /// topics); `None` when the topic keeps none.
     pub(crate) fn for_publish(&self, topic: &Topic) -> Option<Arc<Mutex<TopicHistory>>> {
         if !self.enabled {
             return None;
@@ -190,23 +235,133 @@ impl HistoryStore {
         if capacity == 0 {
             return None;
         }
-        if self.topics.len() >= self.max_topics {
-            if !self.full_warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    max_topics = self.max_topics,
-                    "history holds the most topics it may; new topics keep no history"
-                );
-            }
-            return None;
+        if self.topics.len() >= self.bounds.topics {
+            self.drop_least_used_topics();
         }
         let history = self.topics.entry(topic.clone()).or_insert_with(|| {
             Arc::new(Mutex::new(TopicHistory {
                 capacity,
                 next_offset: 1,
                 messages: VecDeque::with_capacity(capacity.min(64)),
+                bytes: 0,
+                last_used: 0,
             }))
         });
         Some(history.clone())
+    }
+
+    /// Appends `delivery` (built with the history's next offset) to the
+    /// locked history `guard`. Call [`HistoryStore::enforce`] once the lock
+    /// is released.
+    pub(crate) fn push(&self, guard: &mut TopicHistory, delivery: Arc<Delivery>) {
+        guard.last_used = self.tick();
+        let (added, freed, dropped) = guard.push(delivery);
+        self.count(added as isize - freed as isize, 1 - dropped as isize);
+    }
+
+    /// Marks the locked history `guard` as used (a replay).
+    pub(crate) fn touch(&self, guard: &mut TopicHistory) {
+        guard.last_used = self.tick();
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Adds to the store's totals and their gauges.
+    fn count(&self, bytes: isize, messages: isize) {
+        let bytes = if bytes >= 0 {
+            self.bytes.fetch_add(bytes as usize, Ordering::Relaxed) + bytes as usize
+        } else {
+            self.bytes
+                .fetch_sub(bytes.unsigned_abs(), Ordering::Relaxed)
+                - bytes.unsigned_abs()
+        };
+        let messages = if messages >= 0 {
+            self.messages
+                .fetch_add(messages as usize, Ordering::Relaxed)
+                + messages as usize
+        } else {
+            self.messages
+                .fetch_sub(messages.unsigned_abs(), Ordering::Relaxed)
+                - messages.unsigned_abs()
+        };
+        self.metrics.history_bytes.set(bytes as i64);
+        self.metrics.history_messages.set(messages as i64);
+    }
+
+    /// Keeps the store within its bytes: when it holds more, the oldest
+    /// messages of the least recently used histories are dropped until it
+    /// holds nine tenths of its bound. Called with no history locked.
+    pub(crate) fn enforce(&self) {
+        if self.bytes.load(Ordering::Relaxed) <= self.bounds.bytes {
+            return;
+        }
+        // One caller makes room; the others go on (the store is over its
+        // bound by their messages for a moment).
+        let Ok(_evicting) = self.evicting.try_lock() else {
+            return;
+        };
+        let target = self.bounds.bytes / 10 * 9;
+        for history in self.least_used_first() {
+            if self.bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let mut guard = Self::lock(&history);
+            let (mut freed, mut dropped) = (0, 0);
+            while !guard.messages.is_empty() && self.bytes.load(Ordering::Relaxed) > target + freed
+            {
+                freed += guard.pop_front();
+                dropped += 1;
+            }
+            drop(guard);
+            self.count(-(freed as isize), -(dropped as isize));
+        }
+    }
+
+    /// Every history, the least recently used first.
+    fn least_used_first(&self) -> Vec<Arc<Mutex<TopicHistory>>> {
+        let mut all: Vec<_> = self
+            .topics
+            .iter()
+            .map(|entry| {
+                let history = entry.value().clone();
+                let last_used = Self::lock(&history).last_used;
+                (last_used, history)
+            })
+            .collect();
+        all.sort_unstable_by_key(|(last_used, _)| *last_used);
+        all.into_iter().map(|(_, history)| history).collect()
+    }
+
+    /// Drops the least recently used hundredth of the histories (one at
+    /// least), messages and offsets: a topic that comes back starts again
+    /// at offset 1.
+    fn drop_least_used_topics(&self) {
+        let Ok(_evicting) = self.evicting.lock() else {
+            return;
+        };
+        if self.topics.len() < self.bounds.topics {
+            return;
+        }
+        let mut all: Vec<(u64, Topic)> = self
+            .topics
+            .iter()
+            .map(|entry| (Self::lock(entry.value()).last_used, entry.key().clone()))
+            .collect();
+        let n = (all.len() / 100).max(1);
+        all.select_nth_unstable_by_key(n - 1, |(last_used, _)| *last_used);
+        for (_, topic) in all.into_iter().take(n) {
+            if let Some((_, history)) = self.topics.remove(&topic) {
+                let mut guard = Self::lock(&history);
+                let (freed, dropped) = (guard.bytes, guard.messages.len());
+                // A replay still reading it finds the messages gone.
+                guard.messages = VecDeque::new();
+                guard.bytes = 0;
+                drop(guard);
+                self.count(-(freed as isize), -(dropped as isize));
+            }
+        }
     }
 
     /// The history of `topic`, when it has one.
@@ -225,24 +380,92 @@ mod tests {
     use super::*;
     use starling_protocol::Payload;
 
-    fn store(n: usize) -> HistoryStore {
+    fn bounded(n: usize, topics: usize, bytes: usize) -> HistoryStore {
         HistoryStore::new(
             HistoryPolicy::new(n, &[("metrics.".into(), 0), ("chat.vip.".into(), 10)]),
-            100,
+            HistoryBounds { topics, bytes },
+            Arc::new(Metrics::new()),
         )
     }
 
-    fn publish(store: &HistoryStore, topic: &Topic) -> Option<u64> {
+    fn store(n: usize) -> HistoryStore {
+        bounded(n, 100, usize::MAX)
+    }
+
+    /// Publishes a payload of `bytes` bytes (a JSON string), as the relay does.
+    fn publish_sized(store: &HistoryStore, topic: &Topic, bytes: usize) -> Option<u64> {
         let history = store.for_publish(topic)?;
         let mut h = HistoryStore::lock(&history);
         let offset = h.next_offset();
-        h.push(Arc::new(Delivery::new(
-            topic.clone(),
-            Payload::from_json("1").unwrap(),
-            Some(offset),
-            "n".into(),
-        )));
+        let payload = Payload::from_json(&format!("\"{}\"", "x".repeat(bytes - 2))).unwrap();
+        store.push(
+            &mut h,
+            Arc::new(Delivery::new(
+                topic.clone(),
+                payload,
+                Some(offset),
+                "n".into(),
+            )),
+        );
+        drop(h);
+        store.enforce();
         Some(offset)
+    }
+
+    fn publish(store: &HistoryStore, topic: &Topic) -> Option<u64> {
+        publish_sized(store, topic, 3)
+    }
+
+    /// How many messages `topic` retains.
+    fn retained(store: &HistoryStore, topic: &str) -> usize {
+        let topic = Topic::new(topic).unwrap();
+        store
+            .get(&topic)
+            .map_or(0, |h| HistoryStore::lock(&h).messages.len())
+    }
+
+    #[test]
+    fn beyond_its_bytes_the_least_recently_used_topics_give_way() {
+        // Topic names are 1 byte, payloads 99: 100 bytes a message.
+        let s = bounded(100, 100, 1_000);
+        let (a, b) = (Topic::new("a").unwrap(), Topic::new("b").unwrap());
+        for _ in 0..5 {
+            publish_sized(&s, &a, 99);
+        }
+        for _ in 0..5 {
+            publish_sized(&s, &b, 99);
+        }
+        assert_eq!(s.bytes.load(Ordering::Relaxed), 1_000);
+        // A replay makes `a` more recently used than `b`.
+        let history = s.get(&a).unwrap();
+        s.touch(&mut HistoryStore::lock(&history));
+        publish_sized(&s, &Topic::new("c").unwrap(), 99);
+        // Over 1,000: down to 900, from the oldest messages of `b`.
+        assert_eq!(s.bytes.load(Ordering::Relaxed), 900);
+        assert_eq!(
+            (retained(&s, "a"), retained(&s, "b"), retained(&s, "c")),
+            (5, 3, 1)
+        );
+        assert_eq!(s.metrics.history_bytes.get(), 900);
+        assert_eq!(s.metrics.history_messages.get(), 9);
+        // Offsets go on where they were.
+        assert_eq!(publish_sized(&s, &b, 99), Some(6));
+    }
+
+    #[test]
+    fn beyond_its_topics_new_topics_take_the_place_of_the_least_used() {
+        let s = bounded(3, 10, usize::MAX);
+        for n in 0..10 {
+            publish(&s, &Topic::new(&format!("t.{n}")).unwrap());
+        }
+        // t.0 is used again: t.1 is the least recently used now.
+        publish(&s, &Topic::new("t.0").unwrap());
+        assert_eq!(publish(&s, &Topic::new("new").unwrap()), Some(1));
+        assert_eq!(s.topics.len(), 10);
+        assert_eq!(retained(&s, "t.1"), 0, "dropped");
+        assert_eq!(retained(&s, "t.0"), 2);
+        assert_eq!(retained(&s, "new"), 1);
+        assert_eq!(s.metrics.history_messages.get(), 11);
     }
 
     #[test]

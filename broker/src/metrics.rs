@@ -59,6 +59,8 @@ pub struct Metrics {
     pub(crate) connections_refused: Counter,
     pub(crate) subscriptions: Gauge,
     pub(crate) topics: Gauge,
+    pub(crate) history_messages: Gauge,
+    pub(crate) history_bytes: Gauge,
     published: Family<SourceLabel, Counter>,
     published_total: Counter,
     pub(crate) delivered: Counter,
@@ -91,6 +93,8 @@ impl Metrics {
             connections_refused: Counter::default(),
             subscriptions: Gauge::default(),
             topics: Gauge::default(),
+            history_messages: Gauge::default(),
+            history_bytes: Gauge::default(),
             published: Family::default(),
             published_total: Counter::default(),
             delivered: Counter::default(),
@@ -132,6 +136,16 @@ impl Metrics {
             "topics",
             "Topics and patterns with subscribers",
             m.topics.clone(),
+        );
+        registry.register(
+            "history_messages",
+            "Messages retained in topic histories",
+            m.history_messages.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of messages (payload and topic) retained in topic histories",
+            m.history_bytes.clone(),
         );
         registry.register(
             "messages_published",

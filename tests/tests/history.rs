@@ -169,3 +169,47 @@ async fn a_subscriber_joining_mid_stream_gets_every_offset_exactly_once() {
     publishing.await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn histories_keep_to_their_bytes_and_a_replay_reports_what_went() {
+    // 100 messages of about 1 KiB fit in 100 KiB; 300 are published.
+    let broker = TestBroker::with_config(|c| {
+        c.history = 1000;
+        c.history_max_bytes = 100 * 1024;
+    })
+    .await;
+    let mut publisher = broker.json().await;
+    let payload = format!("\"{}\"", "x".repeat(1020));
+    for _ in 0..300 {
+        publisher.publish("big.room", &payload).await;
+    }
+    let (_, metrics) = starling_tests::http_get(&format!("{}/metrics", broker.http_url())).await;
+    let bytes = starling_tests::metric(&metrics, "starling_history_bytes");
+    let messages = starling_tests::metric(&metrics, "starling_history_messages");
+    assert!(bytes <= 100.0 * 1024.0, "{bytes} bytes retained");
+    assert!((80.0..=100.0).contains(&messages), "{messages} messages");
+
+    let mut sub = broker.json().await;
+    let answer = sub
+        .request(&Envelope::Subscribe {
+            id: Some(1),
+            topic: Filter::new("big.room").unwrap(),
+            since: Some(0),
+        })
+        .await;
+    assert_eq!(
+        answer,
+        Envelope::Ack {
+            id: 1,
+            offset: None
+        }
+    );
+    let lost = match sub.recv().await {
+        Envelope::Lagged { missed, .. } => missed,
+        other => panic!("expected lagged, got {other:?}"),
+    };
+    assert_eq!(lost, 300 - messages as u64);
+    for expected in lost + 1..=300 {
+        assert_eq!(offset_of(&sub.recv().await), expected);
+    }
+}

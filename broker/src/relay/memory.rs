@@ -39,15 +39,18 @@ impl Relay for MemoryRelay {
         };
         // Offset, history and live delivery under the topic's lock: a
         // subscriber with `since` gets each message exactly once.
-        let mut history = HistoryStore::lock(&history);
-        let offset = history.next_offset();
+        let mut guard = HistoryStore::lock(&history);
+        let offset = guard.next_offset();
         let delivery = Arc::new(
             Delivery::new(topic, payload, Some(offset), self.node.clone()).with_from(from),
         );
-        history.push(delivery.clone());
+        self.history.push(&mut guard, delivery.clone());
+        let subscribers = self.registry.publish_shared(delivery);
+        drop(guard);
+        self.history.enforce();
         Published {
             offset: Some(offset),
-            subscribers: self.registry.publish_shared(delivery),
+            subscribers,
         }
     }
 
@@ -59,7 +62,8 @@ impl Relay for MemoryRelay {
         if let (Some(since), Some(topic)) = (since, filter.as_topic())
             && let Some(history) = self.history.get(&topic)
         {
-            let guard = HistoryStore::lock(&history);
+            let mut guard = HistoryStore::lock(&history);
+            self.history.touch(&mut guard);
             let rx = self.registry.subscribe_shared(filter);
             return (rx, Replay::after(&history, &guard, since));
         }
@@ -70,12 +74,17 @@ impl Relay for MemoryRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::HistoryPolicy;
+    use crate::history::{HistoryBounds, HistoryPolicy};
     use crate::metrics::Metrics;
 
     fn relay(history: usize) -> MemoryRelay {
         let registry = Arc::new(TopicRegistry::new(16, Arc::new(Metrics::new())));
-        let store = HistoryStore::new(HistoryPolicy::new(history, &[]), 10);
+        let bounds = HistoryBounds {
+            topics: 10,
+            bytes: usize::MAX,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let store = HistoryStore::new(HistoryPolicy::new(history, &[]), bounds, metrics);
         MemoryRelay::new(registry, store, "n1".into())
     }
 
