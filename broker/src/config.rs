@@ -101,8 +101,8 @@ pub struct Config {
     pub max_subscriptions: usize,
 
     /// Most of one connection's subscriptions that may be patterns (`*`,
-    /// `>`): each publish is matched against every pattern, so patterns
-    /// cost more than exact topics.
+    /// `>`): a publish reaches each matching pattern as one more delivery,
+    /// so many overlapping patterns multiply one message.
     #[arg(long, env = "STARLING_MAX_PATTERNS", default_value_t = 64)]
     pub max_patterns: usize,
 
