@@ -71,6 +71,7 @@ pub struct Metrics {
     pub(crate) relayed_out: Counter,
     pub(crate) relayed_in: Counter,
     pub(crate) relay_failed: Counter,
+    pub(crate) relay_rejected: Counter,
     pub(crate) redis_reconnects: Counter,
     pub(crate) relay_latency: Histogram,
 }
@@ -103,6 +104,7 @@ impl Metrics {
             relayed_out: Counter::default(),
             relayed_in: Counter::default(),
             relay_failed: Counter::default(),
+            relay_rejected: Counter::default(),
             redis_reconnects: Counter::default(),
             // 50 µs to about 6.5 s.
             relay_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
@@ -187,6 +189,11 @@ impl Metrics {
             "cluster_relay_failed",
             "Messages that could not be relayed to other nodes (Redis down or too slow)",
             m.relay_failed.clone(),
+        );
+        registry.register(
+            "cluster_relay_rejected",
+            "Messages from Redis dropped on arrival: undecodable, or not of their channel's topic",
+            m.relay_rejected.clone(),
         );
         registry.register(
             "cluster_redis_reconnects",

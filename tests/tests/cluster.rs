@@ -271,3 +271,58 @@ async fn the_publishers_identity_crosses_nodes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A relayed message (wire.rs) from node `origin` on `topic` with a JSON
+/// payload, every byte of it ASCII so that it travels as a `&str`.
+fn relayed(origin: &str, topic: &str, json: &str) -> String {
+    let mut message = String::from("\u{1}\u{1}");
+    message.push_str(&"\0".repeat(8));
+    message.push(char::from(origin.len() as u8));
+    message.push_str(origin);
+    message.push(char::from(topic.len() as u8));
+    message.push_str(topic);
+    message.push_str(json);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_naming_another_topic_than_its_channel_is_dropped() {
+    let redis = RedisServer::start();
+    let a = TestBroker::node("a", &redis.url()).await;
+    let mut real = subscribed(&redis, &[&a], "spoof.real", Codec::Json).await;
+    let mut other = subscribed(&redis, &[&a], "spoof.other", Codec::Json).await;
+    let mut pattern = a.json().await;
+    pattern.subscribe("spoof.*").await;
+    while redis.numpat() != 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // On the channel of spoof.real, a message that says it is spoof.other:
+    // neither spoof.other's subscriber nor the pattern (through its glob)
+    // may take it for a message of spoof.other.
+    let channel = format!("{CHANNEL_PREFIX}spoof.real");
+    let spoof = relayed("mallory", "spoof.other", "666");
+    let reply = redis.command(&["PUBLISH", &channel, &spoof]).unwrap();
+    assert!(reply.starts_with(":2"), "{reply}");
+    // A well-formed message on the same channel goes through.
+    let genuine = relayed("mallory", "spoof.real", "1");
+    redis.command(&["PUBLISH", &channel, &genuine]).unwrap();
+    let (topic, payload) = real[0].recv_message().await;
+    assert_eq!(
+        (topic.as_str(), payload.to_json_string()),
+        ("spoof.real", "1".into())
+    );
+    let (topic, payload) = pattern.recv_message().await;
+    assert_eq!(
+        (topic.as_str(), payload.to_json_string()),
+        ("spoof.real", "1".into())
+    );
+    other[0].expect_silence(Duration::from_millis(200)).await;
+    real[0].expect_silence(Duration::from_millis(100)).await;
+    pattern.expect_silence(Duration::from_millis(100)).await;
+    let metrics = http_get(&format!("{}/metrics", a.http_url())).await.1;
+    assert_eq!(metric(&metrics, "starling_cluster_relayed_in_total"), 2.0);
+    assert_eq!(
+        metric(&metrics, "starling_cluster_relay_rejected_total"),
+        2.0
+    );
+}

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use starling_protocol::Topic;
@@ -21,6 +22,8 @@ pub(crate) const RELAY_QUEUE: usize = 65_536;
 pub(crate) const RELAY_BATCH: usize = 512;
 /// How long one Redis operation may take before the link counts as down.
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time between two warnings of one kind about single messages.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Backoff before reconnect attempt `attempt`: 100 ms doubling to 5 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
@@ -32,6 +35,28 @@ pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Lets a warning about single messages through at most once per
+/// [`WARN_EVERY`], so that a flood of them does not flood the log (they are
+/// counted in the metrics).
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    last_us: AtomicU64,
+}
+
+impl Throttle {
+    /// Whether to warn now.
+    pub(crate) fn allow(&self) -> bool {
+        let now = now_us().max(1);
+        let last = self.last_us.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_micros() as u64 {
+            return false;
+        }
+        self.last_us
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 /// A change to make to the node's Redis subscriptions.
@@ -137,21 +162,34 @@ pub(crate) struct Inbound {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) node: Arc<str>,
     pub(crate) names: Names,
+    /// Warnings about messages dropped on arrival.
+    pub(crate) rejected: Arc<Throttle>,
 }
 
 impl Inbound {
-    /// Delivers one relayed message, which came through the Redis glob
-    /// `glob` when it came through a pattern subscription.
-    pub(crate) fn receive(&self, bytes: &[u8], glob: Option<&str>) {
+    /// Delivers one relayed message that came on Redis channel `channel`,
+    /// through the Redis glob `glob` when it came through a pattern
+    /// subscription. A message that does not decode, or whose topic is not
+    /// the one of its channel, is dropped and counted.
+    pub(crate) fn receive(&self, bytes: &[u8], channel: &str, glob: Option<&str>) {
         let Some(relayed) = wire::decode(bytes) else {
-            warn!("undecodable relay message");
+            self.reject(channel, "undecodable relay message");
             return;
         };
         if relayed.origin == &*self.node {
             return;
         }
+        // Only a topic's own channel may carry its messages: whoever can
+        // publish on one channel cannot reach the subscribers of another.
+        if self.names.topic_of(channel) != Some(relayed.topic) {
+            self.reject(
+                channel,
+                "relay message for another topic than its channel's",
+            );
+            return;
+        }
         let (Ok(topic), Some(payload)) = (Topic::new(relayed.topic), relayed.payload()) else {
-            warn!(topic = relayed.topic, "invalid relay message");
+            self.reject(channel, "invalid relay message");
             return;
         };
         self.metrics.relayed_in.inc();
@@ -171,6 +209,16 @@ impl Inbound {
             None => {
                 self.registry.publish_to_topic(delivery);
             }
+        }
+    }
+
+    fn reject(&self, channel: &str, why: &str) {
+        self.metrics.relay_rejected.inc();
+        if self.rejected.allow() {
+            warn!(
+                %channel,
+                "{why}: dropped (starling_cluster_relay_rejected_total counts them)"
+            );
         }
     }
 }
@@ -198,5 +246,18 @@ mod tests {
             wanted.apply(&names, &Interest::Watch(f("a.b"))),
             Some(Change::Subscribe(Subscription::Channel("st:t:a.b".into())))
         );
+    }
+
+    #[test]
+    fn a_throttle_lets_one_warning_through_per_interval() {
+        let throttle = Throttle::default();
+        assert!(throttle.allow());
+        assert!(!throttle.allow());
+        throttle.last_us.store(
+            now_us() - WARN_EVERY.as_micros() as u64 - 1,
+            Ordering::Relaxed,
+        );
+        assert!(throttle.allow());
+        assert!(!throttle.allow());
     }
 }

@@ -116,6 +116,7 @@ impl RedisRelay {
             metrics,
             node,
             names: Names::new(prefix),
+            rejected: Arc::default(),
         };
         let certificates = tls_certificates(url, tls)?;
         let mode = if sharded {
@@ -361,7 +362,11 @@ async fn relay_in(
                 message = stream.next() => match message {
                     Some(message) => {
                         let glob = message.get_pattern::<Option<String>>().ok().flatten();
-                        inbound.receive(message.get_payload_bytes(), glob.as_deref());
+                        inbound.receive(
+                            message.get_payload_bytes(),
+                            message.get_channel_name(),
+                            glob.as_deref(),
+                        );
                     }
                     None => break,
                 },

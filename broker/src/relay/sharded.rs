@@ -29,9 +29,9 @@ pub(crate) fn client(
     // Messages are handed over by the client's own task, as they arrive.
     let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
         if push.kind == PushKind::SMessage
-            && let [Value::BulkString(_channel), Value::BulkString(payload)] = push.data.as_slice()
+            && let [Value::BulkString(channel), Value::BulkString(payload)] = push.data.as_slice()
         {
-            inbound.receive(payload, None);
+            inbound.receive(payload, &String::from_utf8_lossy(channel), None);
         }
         Ok(())
     };
