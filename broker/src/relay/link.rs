@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::gauge::Gauge;
 use starling_protocol::Topic;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -14,10 +15,13 @@ use tracing::warn;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::registry::{Interest, TopicRegistry};
-use crate::relay::wire::{self, Names, Outbound, Subscription};
+use crate::relay::wire::{self, Names, Subscription};
 
 /// How many relayed messages may wait for Redis before new ones are dropped.
 pub(crate) const RELAY_QUEUE: usize = 65_536;
+/// How many bytes of relayed messages (as encoded for Redis) may wait for
+/// Redis before new ones are dropped.
+pub(crate) const RELAY_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// How many messages go to Redis in one pipeline.
 pub(crate) const RELAY_BATCH: usize = 512;
 /// How long one Redis operation may take before the link counts as down.
@@ -123,7 +127,7 @@ impl Offline<'_> {
     pub(crate) async fn wait(
         self,
         interest: &mut mpsc::UnboundedReceiver<Interest>,
-        mut outbound: Option<(&mut mpsc::Receiver<Outbound>, &mut Vec<Outbound>)>,
+        mut outbound: Option<(&mut OutboundReceiver, &mut Vec<Queued>)>,
     ) -> bool {
         let pause = tokio::time::sleep(self.pause);
         tokio::pin!(pause);
@@ -152,6 +156,84 @@ impl Offline<'_> {
                 }
             }
         }
+    }
+}
+
+/// A message on its way to the other nodes, encoded for Redis once.
+pub(crate) struct Queued {
+    pub(crate) topic: Topic,
+    pub(crate) message: Vec<u8>,
+}
+
+/// The relay-out queue: at most [`RELAY_QUEUE`] messages and
+/// [`RELAY_QUEUE_BYTES`] bytes wait for Redis; what comes when it is full
+/// is dropped. The bytes waiting are the gauge `bytes`.
+pub(crate) fn outbound(bytes: Gauge) -> (OutboundSender, OutboundReceiver) {
+    let (sender, receiver) = mpsc::channel(RELAY_QUEUE);
+    (
+        OutboundSender {
+            queue: sender,
+            bytes: bytes.clone(),
+            limit: RELAY_QUEUE_BYTES as i64,
+        },
+        OutboundReceiver {
+            queue: receiver,
+            bytes,
+        },
+    )
+}
+
+/// Where the publishing side queues messages for Redis.
+#[derive(Debug)]
+pub(crate) struct OutboundSender {
+    queue: mpsc::Sender<Queued>,
+    bytes: Gauge,
+    limit: i64,
+}
+
+impl OutboundSender {
+    /// Queues `queued`; never waits. Returns false, and drops it, when the
+    /// queue is full in messages or in bytes.
+    pub(crate) fn send(&self, queued: Queued) -> bool {
+        let size = queued.message.len() as i64;
+        if self.bytes.inc_by(size) + size > self.limit {
+            self.bytes.dec_by(size);
+            return false;
+        }
+        if self.queue.try_send(queued).is_err() {
+            self.bytes.dec_by(size);
+            return false;
+        }
+        true
+    }
+}
+
+/// Where the relay task takes the messages for Redis.
+#[derive(Debug)]
+pub(crate) struct OutboundReceiver {
+    queue: mpsc::Receiver<Queued>,
+    bytes: Gauge,
+}
+
+impl OutboundReceiver {
+    /// Waits for messages and moves up to `limit` of them to `batch`;
+    /// returns how many, or 0 when the publishing side is gone.
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Queued>, limit: usize) -> usize {
+        let start = batch.len();
+        let n = self.queue.recv_many(batch, limit).await;
+        let size: usize = batch[start..].iter().map(|q| q.message.len()).sum();
+        self.bytes.dec_by(size as i64);
+        n
+    }
+
+    /// Drops every message that waits; returns how many.
+    pub(crate) fn discard(&mut self) -> u64 {
+        let mut dropped = 0;
+        while let Ok(queued) = self.queue.try_recv() {
+            self.bytes.dec_by(queued.message.len() as i64);
+            dropped += 1;
+        }
+        dropped
     }
 }
 
@@ -259,5 +341,39 @@ mod tests {
         );
         assert!(throttle.allow());
         assert!(!throttle.allow());
+    }
+
+    fn queued(bytes: usize) -> Queued {
+        Queued {
+            topic: Topic::new("t").unwrap(),
+            message: vec![0; bytes],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_relay_queue_is_bounded_in_bytes() {
+        let gauge = Gauge::default();
+        let (sender, mut receiver) = outbound(gauge.clone());
+        let mib = 1024 * 1024;
+        for _ in 0..RELAY_QUEUE_BYTES / mib {
+            assert!(sender.send(queued(mib)));
+        }
+        assert_eq!(gauge.get(), RELAY_QUEUE_BYTES as i64);
+        assert!(!sender.send(queued(1)), "full in bytes");
+        assert_eq!(gauge.get(), RELAY_QUEUE_BYTES as i64);
+        let mut batch = Vec::new();
+        assert_eq!(receiver.recv_many(&mut batch, 2).await, 2);
+        assert_eq!(gauge.get(), (RELAY_QUEUE_BYTES - 2 * mib) as i64);
+        assert!(sender.send(queued(mib)));
+        assert!(sender.send(queued(mib)));
+        assert!(!sender.send(queued(mib)));
+        assert_eq!(receiver.discard(), (RELAY_QUEUE_BYTES / mib) as u64);
+        assert_eq!(gauge.get(), 0);
+        // And in messages.
+        for _ in 0..RELAY_QUEUE {
+            assert!(sender.send(queued(1)));
+        }
+        assert!(!sender.send(queued(1)), "full in messages");
+        assert_eq!(gauge.get(), RELAY_QUEUE as i64);
     }
 }

@@ -28,7 +28,8 @@ use crate::history::Replay;
 use crate::metrics::Metrics;
 use crate::registry::{DeliveryReceiver, Interest, TopicRegistry};
 use crate::relay::link::{
-    Change, Inbound, Offline, REDIS_TIMEOUT, RELAY_BATCH, RELAY_QUEUE, Wanted, backoff, now_us,
+    self, Change, Inbound, Offline, OutboundReceiver, OutboundSender, Queued, REDIS_TIMEOUT,
+    RELAY_BATCH, Throttle, Wanted, backoff, now_us,
 };
 use crate::relay::sharded;
 use crate::relay::wire::{self, Names, Outbound, Subscription};
@@ -46,13 +47,15 @@ enum Mode {
 /// What `start` hands to the relay tasks.
 struct Pending {
     mode: Mode,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: OutboundReceiver,
 }
 
 /// The relay of a node in a cluster.
 pub(crate) struct RedisRelay {
     inbound: Inbound,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundSender,
+    /// Warnings about messages dropped because the relay queue is full.
+    full: Throttle,
     up: Arc<AtomicBool>,
     pending: Mutex<Option<Pending>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -111,6 +114,7 @@ impl RedisRelay {
         metrics: Arc<Metrics>,
         node: Arc<str>,
     ) -> Result<Self, ClusterError> {
+        let (outbound, outbound_rx) = link::outbound(metrics.relay_queue_bytes.clone());
         let inbound = Inbound {
             registry,
             metrics,
@@ -133,10 +137,10 @@ impl RedisRelay {
                 None => redis::Client::open(url).map_err(ClusterError::InvalidUrl)?,
             }))
         };
-        let (outbound, outbound_rx) = mpsc::channel(RELAY_QUEUE);
         Ok(RedisRelay {
             inbound,
             outbound,
+            full: Throttle::default(),
             up: Arc::new(AtomicBool::new(false)),
             pending: Mutex::new(Some(Pending {
                 mode,
@@ -146,8 +150,9 @@ impl RedisRelay {
         })
     }
 
-    /// Queues `delivery` for the other nodes. Never waits: when Redis cannot
-    /// keep up, the message is dropped for them and counted.
+    /// Queues `delivery` for the other nodes, encoded. Never waits: when
+    /// Redis cannot keep up and the queue is full (in messages or in bytes),
+    /// the message is dropped for them and counted.
     fn relay(&self, delivery: &Delivery) {
         let outbound = Outbound {
             topic: delivery.topic.clone(),
@@ -155,8 +160,20 @@ impl RedisRelay {
             from: delivery.from.clone(),
             sent_at_us: now_us(),
         };
-        if self.outbound.try_send(outbound).is_err() {
-            self.inbound.metrics.relay_failed.inc();
+        let queued = Queued {
+            message: wire::encode(&self.inbound.node, &outbound),
+            topic: outbound.topic,
+        };
+        if !self.outbound.send(queued) {
+            let metrics = &self.inbound.metrics;
+            metrics.relay_failed.inc();
+            metrics.relay_queue_full.inc();
+            if self.full.allow() {
+                warn!(
+                    "the relay queue is full: messages for other nodes are dropped \
+                     (starling_cluster_relay_queue_full_total counts them)"
+                );
+            }
         }
     }
 }
@@ -241,7 +258,7 @@ impl Relay for RedisRelay {
 /// Sends queued messages to Redis, a pipeline per batch.
 async fn relay_out(
     client: redis::Client,
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: OutboundReceiver,
     link: Inbound,
     up: Arc<AtomicBool>,
 ) {
@@ -266,15 +283,16 @@ async fn relay_out(
             }
         }
         let Some(c) = conn.as_mut() else {
+            // Not connected: what waits goes too.
             batch.clear();
-            metrics.relay_failed.inc_by(count);
+            metrics.relay_failed.inc_by(count + queue.discard());
             continue;
         };
         let mut pipe = redis::pipe();
-        for out in batch.drain(..) {
+        for queued in batch.drain(..) {
             pipe.cmd("PUBLISH")
-                .arg(link.names.channel(out.topic.as_str()))
-                .arg(wire::encode(&link.node, &out))
+                .arg(link.names.channel(queued.topic.as_str()))
+                .arg(queued.message)
                 .ignore();
         }
         match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(c)).await {

@@ -16,8 +16,10 @@ use tracing::{info, warn};
 
 use crate::registry::Interest;
 use crate::relay::ClusterError;
-use crate::relay::link::{Change, Inbound, Offline, REDIS_TIMEOUT, RELAY_BATCH, Wanted, backoff};
-use crate::relay::wire::{self, Outbound, Subscription};
+use crate::relay::link::{
+    Change, Inbound, Offline, OutboundReceiver, REDIS_TIMEOUT, RELAY_BATCH, Wanted, backoff,
+};
+use crate::relay::wire::Subscription;
 
 /// A Redis Cluster client whose pushed messages are delivered through
 /// `inbound` as they arrive.
@@ -55,7 +57,7 @@ pub(crate) async fn run(
     client: ClusterClient,
     link: Inbound,
     up: Arc<AtomicBool>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    mut outbound: OutboundReceiver,
     mut interest: mpsc::UnboundedReceiver<Interest>,
 ) {
     let metrics = &link.metrics;
@@ -123,14 +125,13 @@ pub(crate) async fn run(
                         return;
                     }
                     let count = batch.len() as u64;
-                    let sends = batch.drain(..).map(|out| {
+                    let sends = batch.drain(..).map(|queued| {
                         let mut conn = conn.clone();
-                        let channel = names.channel(out.topic.as_str());
-                        let message = wire::encode(&link.node, &out);
+                        let channel = names.channel(queued.topic.as_str());
                         async move {
                             redis::cmd("SPUBLISH")
                                 .arg(channel)
-                                .arg(message)
+                                .arg(queued.message)
                                 .query_async::<()>(&mut conn)
                                 .await
                         }
