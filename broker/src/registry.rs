@@ -7,23 +7,14 @@ use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use starling_protocol::{Filter, Topic};
-use tokio::sync::mpsc;
 
 use crate::delivery::Delivery;
+use crate::interest::{Interest, InterestQueue};
 use crate::metrics::Metrics;
 use crate::ring;
 
 /// The receiving end of a subscription.
 pub type DeliveryReceiver = ring::Receiver<Arc<Delivery>>;
-
-/// A change in what this node needs from the other nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Interest {
-    /// The first local subscriber of a topic or pattern arrived.
-    Watch(Filter),
-    /// Its last local subscriber left.
-    Unwatch(Filter),
-}
 
 #[derive(Debug)]
 struct Channel {
@@ -45,7 +36,7 @@ pub struct TopicRegistry {
     metrics: Arc<Metrics>,
     /// Told when a topic or pattern gains its first or loses its last local
     /// subscriber, when a relay follows interest.
-    interest: OnceLock<mpsc::UnboundedSender<Interest>>,
+    interest: OnceLock<Arc<InterestQueue>>,
 }
 
 impl TopicRegistry {
@@ -63,23 +54,26 @@ impl TopicRegistry {
 
     /// Reports interest changes to the relay from now on, starting with
     /// every topic and pattern that already has subscribers.
-    pub(crate) fn report_interest(&self, sender: mpsc::UnboundedSender<Interest>) {
+    /// (Called before the broker serves: each filter is told once.)
+    pub(crate) fn report_interest(&self, queue: Arc<InterestQueue>) {
         for entry in self.topics.iter() {
-            Self::tell(&sender, Interest::Watch(entry.key().clone().into()));
+            Self::tell(&queue, Interest::Watch(entry.key().clone().into()));
         }
         for entry in self.patterns.iter() {
-            Self::tell(&sender, Interest::Watch(entry.key().clone()));
+            Self::tell(&queue, Interest::Watch(entry.key().clone()));
         }
-        let _ = self.interest.set(sender);
+        let _ = self.interest.set(queue);
     }
 
-    fn tell(sender: &mpsc::UnboundedSender<Interest>, interest: Interest) {
+    /// Tells `queue` of a change; never waits, since it is called under the
+    /// lock of the filter's entry.
+    fn tell(queue: &InterestQueue, interest: Interest) {
         let filter = match &interest {
             Interest::Watch(f) | Interest::Unwatch(f) => f,
         };
         // Broker topics are per node.
         if !filter.as_str().starts_with('$') {
-            let _ = sender.send(interest);
+            queue.tell(interest);
         }
     }
 
@@ -118,8 +112,8 @@ impl TopicRegistry {
             self.metrics.topics.inc();
             // Told under the entry's lock, so watch and unwatch of one filter
             // reach the relay in the order they happened.
-            if let Some(sender) = self.interest.get() {
-                Self::tell(sender, Interest::Watch(filter.clone()));
+            if let Some(queue) = self.interest.get() {
+                Self::tell(queue, Interest::Watch(filter.clone()));
             }
             Channel {
                 tx: ring::channel(self.capacity),
@@ -155,8 +149,8 @@ impl TopicRegistry {
         }
         let removed = map.remove_if(key, |_, channel| {
             let last = channel.subscribers == 0;
-            if last && let Some(sender) = self.interest.get() {
-                Self::tell(sender, Interest::Unwatch(filter.clone()));
+            if last && let Some(queue) = self.interest.get() {
+                Self::tell(queue, Interest::Unwatch(filter.clone()));
             }
             last
         });
