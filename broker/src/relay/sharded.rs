@@ -194,19 +194,34 @@ async fn session(
                     return Ok(());
                 }
                 let count = batch.len() as u64;
-                let sends = batch.drain(..).map(|queued| {
-                    let mut conn = conn.clone();
+                // The messages of one hash slot go in one pipeline, in order:
+                // separate commands may overtake each other in the cluster
+                // client, and a topic's messages must reach Redis in the
+                // order they were published. Slots go side by side.
+                let mut slots: HashMap<Slot, Vec<(String, Vec<u8>)>> = HashMap::new();
+                for queued in batch.drain(..) {
                     let channel = names.channel(queued.topic.as_str());
+                    slots
+                        .entry(Slot::for_key(&channel))
+                        .or_default()
+                        .push((channel, queued.message));
+                }
+                let sends = slots.into_values().map(|messages| {
+                    let mut conn = conn.clone();
                     async move {
-                        let mut publish = redis::cmd("SPUBLISH");
-                        publish.arg(channel).arg(queued.message);
-                        tokio::time::timeout(REDIS_TIMEOUT, publish.query_async::<()>(&mut conn))
-                            .await
-                            .is_ok_and(|sent| sent.is_ok())
+                        let mut pipe = redis::pipe();
+                        for (channel, message) in &messages {
+                            pipe.cmd("SPUBLISH").arg(channel).arg(message).ignore();
+                        }
+                        let sent =
+                            tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn))
+                                .await
+                                .is_ok_and(|sent| sent.is_ok());
+                        if sent { 0 } else { messages.len() as u64 }
                     }
                 });
                 let results = futures_util::future::join_all(sends).await;
-                let failed = results.iter().filter(|sent| !**sent).count() as u64;
+                let failed: u64 = results.iter().sum();
                 metrics.relayed_out.inc_by(count - failed);
                 if failed == 0 {
                     publishing.succeeded();
