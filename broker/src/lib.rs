@@ -35,7 +35,8 @@
 //! | `broker` | one node's shared state: configuration, limits, relay, connection slots, shutdown |
 //! | `relay` | publish and subscribe (with history) as one step per topic: memory, Redis, sharded Redis |
 //! | `history` | offsets and retained messages |
-//! | `registry` | topics and patterns with subscribers; the node's interest |
+//! | `registry` | topics and patterns with subscribers; tells the node's interest |
+//! | `interest` | the interest queue: the latest watch or unwatch per filter, for the relay |
 //! | `delivery` | one message, encoded at most once per codec as a complete frame |
 //! | `ring` | a topic's unread messages; receivers with positions |
 //! | `config`, `metrics`, `rate`, `sync` | settings, Prometheus metrics, the inbound rate limit, poison-free locks |
@@ -51,6 +52,7 @@ mod delivery;
 mod handshake;
 mod history;
 mod http_api;
+mod interest;
 mod listener;
 mod metrics;
 mod origin;

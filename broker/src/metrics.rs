@@ -73,6 +73,9 @@ pub struct Metrics {
     pub(crate) relayed_out: Counter,
     pub(crate) relayed_in: Counter,
     pub(crate) relay_failed: Counter,
+    pub(crate) relay_queue_full: Counter,
+    pub(crate) relay_queue_bytes: Gauge,
+    pub(crate) relay_rejected: Counter,
     pub(crate) redis_reconnects: Counter,
     pub(crate) relay_latency: Histogram,
 }
@@ -107,6 +110,9 @@ impl Metrics {
             relayed_out: Counter::default(),
             relayed_in: Counter::default(),
             relay_failed: Counter::default(),
+            relay_queue_full: Counter::default(),
+            relay_queue_bytes: Gauge::default(),
+            relay_rejected: Counter::default(),
             redis_reconnects: Counter::default(),
             // 50 µs to about 6.5 s.
             relay_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
@@ -201,6 +207,22 @@ impl Metrics {
             "cluster_relay_failed",
             "Messages that could not be relayed to other nodes (Redis down or too slow)",
             m.relay_failed.clone(),
+        );
+        registry.register(
+            "cluster_relay_queue_full",
+            "Messages not relayed because the relay queue was full (in messages or bytes); \
+             also counted as failed",
+            m.relay_queue_full.clone(),
+        );
+        registry.register(
+            "cluster_relay_queue_bytes",
+            "Bytes of messages waiting to be relayed to Redis",
+            m.relay_queue_bytes.clone(),
+        );
+        registry.register(
+            "cluster_relay_rejected",
+            "Messages from Redis dropped on arrival: undecodable, or not of their channel's topic",
+            m.relay_rejected.clone(),
         );
         registry.register(
             "cluster_redis_reconnects",

@@ -9,9 +9,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use dashmap::DashMap;
 use starling_protocol::{Filter, Topic};
-use tokio::sync::mpsc;
 
 use crate::delivery::Delivery;
+use crate::interest::{Interest, InterestQueue};
 use crate::metrics::Metrics;
 use crate::ring::{self, Capacity};
 use crate::sync::{read, write};
@@ -20,15 +20,6 @@ use self::patterns::PatternIndex;
 
 /// The receiving end of a subscription.
 pub type DeliveryReceiver = ring::Receiver<Arc<Delivery>>;
-
-/// A change in what this node needs from the other nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Interest {
-    /// The first local subscriber of a topic or pattern arrived.
-    Watch(Filter),
-    /// Its last local subscriber left.
-    Unwatch(Filter),
-}
 
 #[derive(Debug)]
 struct Channel {
@@ -59,7 +50,7 @@ pub struct TopicRegistry {
     metrics: Arc<Metrics>,
     /// Told when a topic or pattern gains its first or loses its last local
     /// subscriber, when a relay follows interest.
-    interest: OnceLock<mpsc::UnboundedSender<Interest>>,
+    interest: OnceLock<Arc<InterestQueue>>,
 }
 
 impl TopicRegistry {
@@ -78,23 +69,26 @@ impl TopicRegistry {
 
     /// Reports interest changes to the relay from now on, starting with
     /// every topic and pattern that already has subscribers.
-    pub(crate) fn report_interest(&self, sender: mpsc::UnboundedSender<Interest>) {
+    /// (Called before the broker serves: each filter is told once.)
+    pub(crate) fn report_interest(&self, queue: Arc<InterestQueue>) {
         for entry in self.topics.iter() {
-            Self::tell(&sender, Interest::Watch(entry.key().clone().into()));
+            Self::tell(&queue, Interest::Watch(entry.key().clone().into()));
         }
         read(&self.patterns).for_each(|pattern, _| {
-            Self::tell(&sender, Interest::Watch(pattern.clone()));
+            Self::tell(&queue, Interest::Watch(pattern.clone()));
         });
-        let _ = self.interest.set(sender);
+        let _ = self.interest.set(queue);
     }
 
-    fn tell(sender: &mpsc::UnboundedSender<Interest>, interest: Interest) {
+    /// Tells `queue` of a change; never waits, since it is called under the
+    /// lock of the filter's entry.
+    fn tell(queue: &InterestQueue, interest: Interest) {
         let filter = match &interest {
             Interest::Watch(f) | Interest::Unwatch(f) => f,
         };
         // Broker topics are per node.
         if !filter.as_str().starts_with('$') {
-            let _ = sender.send(interest);
+            queue.tell(interest);
         }
     }
 
@@ -394,25 +388,22 @@ mod tests {
         let f = |s: &str| Filter::new(s).unwrap();
         let _before = r.subscribe(&f("a.*"));
         let _sys = r.subscribe(&f("$sys.*"));
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        r.report_interest(tx);
+        let queue = Arc::new(InterestQueue::default());
+        r.report_interest(queue.clone());
+        // Broker topics are not told.
+        assert_eq!(queue.take(), [Interest::Watch(f("a.*"))]);
         let _again = r.subscribe(&f("a.*"));
         let _tail = r.subscribe(&f("a.>"));
+        assert_eq!(queue.take(), [Interest::Watch(f("a.>"))]);
         r.unsubscribe(&f("a.*"));
+        assert_eq!(queue.take(), [], "a.* has a subscriber still");
         r.unsubscribe(&f("a.*"));
         r.unsubscribe(&f("a.>"));
-        let mut told = Vec::new();
-        while let Ok(interest) = rx.try_recv() {
-            told.push(interest);
-        }
+        let mut told = queue.take();
+        told.sort_by_key(|interest| format!("{interest:?}"));
         assert_eq!(
             told,
-            [
-                Interest::Watch(f("a.*")),
-                Interest::Watch(f("a.>")),
-                Interest::Unwatch(f("a.*")),
-                Interest::Unwatch(f("a.>")),
-            ]
+            [Interest::Unwatch(f("a.*")), Interest::Unwatch(f("a.>"))]
         );
     }
 

@@ -197,6 +197,35 @@ impl Client {
         assert_eq!(answer, Envelope::Ack { id, offset: None });
     }
 
+    /// Subscribes to every topic of `topics`, sending the requests a batch
+    /// at a time without waiting for each ack (the acks of a batch are
+    /// read before the next batch goes).
+    pub async fn subscribe_all<'a>(&mut self, topics: impl IntoIterator<Item = &'a str>) {
+        let topics: Vec<&str> = topics.into_iter().collect();
+        for batch in topics.chunks(256) {
+            let first = self.next_id + 1;
+            for topic in batch {
+                let id = self.next_id();
+                self.send(&Envelope::Subscribe {
+                    id: Some(id),
+                    topic: Filter::new(topic).expect("valid filter"),
+                    since: None,
+                })
+                .await;
+            }
+            for id in first..first + batch.len() as u64 {
+                loop {
+                    let frame = self.recv_wire().await;
+                    match frame {
+                        Envelope::Ack { id: got, .. } if got == id => break,
+                        Envelope::Message { .. } => self.pending.push_back(frame),
+                        other => panic!("expected the ack of subscribe {id}, got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
     /// Publishes a JSON payload and waits for the ack.
     pub async fn publish(&mut self, topic: &str, json: &str) {
         let id = self.next_id();

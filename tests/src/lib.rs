@@ -3,8 +3,9 @@
 //! [`broker`]) or as the `starling` binary ([`start_binary`]), a WebSocket
 //! client that speaks the envelope ([`Client`]), a hand-written one for
 //! what a correct WebSocket library refuses to send ([`RawWs`]), HTTP
-//! helpers, JWTs ([`tokens`]), Redis servers ([`redis`]) and TLS
-//! certificates ([`TestCerts`]).
+//! helpers, JWTs ([`tokens`]), Redis servers ([`redis`]), a proxy that
+//! delays like a network ([`DelayProxy`]) and TLS certificates
+//! ([`TestCerts`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 mod binary;
 mod broker;
 mod client;
+mod delay;
 mod http;
 mod process;
 mod raw;
@@ -22,6 +24,7 @@ pub mod tokens;
 pub use binary::{BINARY_WAIT, resident_bytes, start_binary};
 pub use broker::{TestBroker, broker, broker_on, broker_with, stop};
 pub use client::Client;
+pub use delay::DelayProxy;
 pub use http::{
     HttpAnswer, http_get, http_post, http_request, http_request_with, json_field, json_str, metric,
     parse_json, wait_for_metric,

@@ -29,9 +29,9 @@ fn first_integer(reply: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// Polls `count` until it returns `n`, failing the test after [`crate::WAIT`].
-async fn wait_count(what: &str, n: u64, count: impl Fn() -> u64) {
-    let deadline = Instant::now() + crate::WAIT;
+/// Polls `count` until it returns `n`, failing the test after `patience`.
+async fn wait_count(what: &str, n: u64, patience: Duration, count: impl Fn() -> u64) {
+    let deadline = Instant::now() + patience;
     loop {
         let got = count();
         if got == n {
@@ -110,6 +110,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The (plain) port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Kills the server (as a crash would).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -180,10 +185,32 @@ impl RedisServer {
         reply.trim().trim_start_matches(':').parse().unwrap_or(0)
     }
 
+    /// How many channels the server's pub/sub clients are subscribed to,
+    /// added up over the clients (`sub=` of `CLIENT LIST TYPE pubsub`).
+    pub fn channel_subscriptions(&self) -> u64 {
+        let reply = self
+            .command(&["CLIENT", "LIST", "TYPE", "pubsub"])
+            .unwrap_or_default();
+        reply
+            .split_whitespace()
+            .filter_map(|field| field.strip_prefix("sub="))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits (at most `patience`) until the server's pub/sub clients hold
+    /// `n` channel subscriptions in all.
+    pub async fn wait_channel_subscriptions(&self, n: u64, patience: Duration) {
+        wait_count("the channel subscriptions in redis", n, patience, || {
+            self.channel_subscriptions()
+        })
+        .await;
+    }
+
     /// Waits until `channel` has exactly `n` subscribers in Redis.
     pub async fn wait_numsub(&self, channel: &str, n: u64) {
         let what = format!("the redis subscriber count of {channel}");
-        wait_count(&what, n, || self.numsub(channel)).await;
+        wait_count(&what, n, crate::WAIT, || self.numsub(channel)).await;
     }
 }
 
@@ -324,7 +351,7 @@ impl RedisCluster {
     /// Waits until sharded `channel` has `n` subscribers in the cluster.
     pub async fn wait_shard_numsub(&self, channel: &str, n: u64) {
         let what = format!("the sharded subscriber count of {channel}");
-        wait_count(&what, n, || self.shard_numsub(channel)).await;
+        wait_count(&what, n, crate::WAIT, || self.shard_numsub(channel)).await;
     }
 }
 

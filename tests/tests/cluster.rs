@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use starling_protocol::{Codec, Envelope, Payload};
 use starling_tests::redis::RedisServer;
-use starling_tests::{Client, TestBroker, WAIT, http_get, http_post, metric};
+use starling_tests::{Client, DelayProxy, TestBroker, WAIT, http_get, http_post, metric};
 
 const CHANNEL_PREFIX: &str = "starling:t:";
 
@@ -270,4 +270,166 @@ async fn the_publishers_identity_crosses_nodes() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// Waits until the node's Redis link is up, failing after `patience`.
+async fn wait_up(node: &TestBroker, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while node.broker().cluster_up() != Some(true) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the redis link of {} is not up after {patience:?}",
+            node.broker().node_id()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_subscriptions_come_back_after_a_redis_restart() {
+    const TOPICS: usize = 20_000;
+    const CONNECTIONS: usize = 4;
+    const SAMPLE: usize = 200;
+    let started = std::time::Instant::now();
+    let mut redis = RedisServer::start();
+    // a reaches Redis through a proxy: a network without delay at first.
+    let network = DelayProxy::start(redis.port(), Duration::ZERO).await;
+    let a = TestBroker::node_with("a", &network.redis_url(), |c| {
+        c.max_subscriptions = TOPICS / CONNECTIONS;
+    })
+    .await;
+    let b = TestBroker::node("b", &redis.url()).await;
+    let topic = |i: usize| format!("restore.{i}");
+    // Connection `c` holds the topics `i` with `i % CONNECTIONS == c`.
+    let mut subscribers = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut client = a.msgpack().await;
+        let topics: Vec<String> = (c..TOPICS).step_by(CONNECTIONS).map(topic).collect();
+        client
+            .subscribe_all(topics.iter().map(String::as_str))
+            .await;
+        subscribers.push(client);
+    }
+    redis
+        .wait_channel_subscriptions(TOPICS as u64, Duration::from_secs(20))
+        .await;
+    eprintln!("{TOPICS} topics subscribed in {:?}", started.elapsed());
+
+    // Now a round trip takes 2 ms: restoring the subscriptions one round
+    // trip each would take 40 s.
+    network.set_delay(Duration::from_millis(1));
+    redis.restart();
+    let restarted = std::time::Instant::now();
+    // Every subscription is back in Redis, in bounded time.
+    redis
+        .wait_channel_subscriptions(TOPICS as u64, Duration::from_secs(30))
+        .await;
+    wait_up(&a, Duration::from_secs(5)).await;
+    wait_up(&b, Duration::from_secs(5)).await;
+    eprintln!("subscriptions restored in {:?}", restarted.elapsed());
+
+    // Pub/sub is at most once: until b's first message crosses, its link
+    // may still be coming back, so it probes with the first topic.
+    let mut publisher = b.json().await;
+    let probe = topic(0);
+    loop {
+        publisher.publish(&probe, "-1").await;
+        let got = tokio::time::timeout(Duration::from_millis(200), subscribers[0].recv()).await;
+        if let Ok(Envelope::Message { topic, .. }) = got {
+            assert_eq!(topic.as_str(), probe);
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "nothing crosses from b to a after the restart"
+        );
+    }
+    // Then a sample of the topics, the first and the last included: each
+    // reaches its subscriber, in the order published.
+    let sample: Vec<usize> = (0..SAMPLE)
+        .map(|k| k * (TOPICS - 1) / (SAMPLE - 1))
+        .collect();
+    for &i in &sample {
+        publisher.publish(&topic(i), &i.to_string()).await;
+    }
+    let readers = subscribers.into_iter().enumerate().map(|(c, mut client)| {
+        let expected: Vec<usize> = sample
+            .iter()
+            .copied()
+            .filter(|i| i % CONNECTIONS == c)
+            .collect();
+        async move {
+            for i in expected {
+                let (got, n) = loop {
+                    let (got, payload) = client.recv_message().await;
+                    let n = payload.decode::<i64>().unwrap();
+                    // A probe that was slow to cross is skipped.
+                    if n >= 0 {
+                        break (got, n);
+                    }
+                };
+                assert_eq!((got, n), (format!("restore.{i}"), i as i64));
+            }
+        }
+    });
+    join_all(readers).await;
+    eprintln!(
+        "sample delivered {:?} after the restart",
+        restarted.elapsed()
+    );
+}
+
+/// A relayed message (wire.rs) from node `origin` on `topic` with a JSON
+/// payload, every byte of it ASCII so that it travels as a `&str`.
+fn relayed(origin: &str, topic: &str, json: &str) -> String {
+    let mut message = String::from("\u{1}\u{1}");
+    message.push_str(&"\0".repeat(8));
+    message.push(char::from(origin.len() as u8));
+    message.push_str(origin);
+    message.push(char::from(topic.len() as u8));
+    message.push_str(topic);
+    message.push_str(json);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_naming_another_topic_than_its_channel_is_dropped() {
+    let redis = RedisServer::start();
+    let a = TestBroker::node("a", &redis.url()).await;
+    let mut real = subscribed(&redis, &[&a], "spoof.real", Codec::Json).await;
+    let mut other = subscribed(&redis, &[&a], "spoof.other", Codec::Json).await;
+    let mut pattern = a.json().await;
+    pattern.subscribe("spoof.*").await;
+    while redis.numpat() != 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // On the channel of spoof.real, a message that says it is spoof.other:
+    // neither spoof.other's subscriber nor the pattern (through its glob)
+    // may take it for a message of spoof.other.
+    let channel = format!("{CHANNEL_PREFIX}spoof.real");
+    let spoof = relayed("mallory", "spoof.other", "666");
+    let reply = redis.command(&["PUBLISH", &channel, &spoof]).unwrap();
+    assert!(reply.starts_with(":2"), "{reply}");
+    // A well-formed message on the same channel goes through.
+    let genuine = relayed("mallory", "spoof.real", "1");
+    redis.command(&["PUBLISH", &channel, &genuine]).unwrap();
+    let (topic, payload) = real[0].recv_message().await;
+    assert_eq!(
+        (topic.as_str(), payload.to_json_string()),
+        ("spoof.real", "1".into())
+    );
+    let (topic, payload) = pattern.recv_message().await;
+    assert_eq!(
+        (topic.as_str(), payload.to_json_string()),
+        ("spoof.real", "1".into())
+    );
+    other[0].expect_silence(Duration::from_millis(200)).await;
+    real[0].expect_silence(Duration::from_millis(100)).await;
+    pattern.expect_silence(Duration::from_millis(100)).await;
+    let metrics = http_get(&format!("{}/metrics", a.http_url())).await.1;
+    assert_eq!(metric(&metrics, "starling_cluster_relayed_in_total"), 2.0);
+    assert_eq!(
+        metric(&metrics, "starling_cluster_relay_rejected_total"),
+        2.0
+    );
 }

@@ -9,31 +9,37 @@
 //!
 //! Redis pub/sub is at most once: while Redis is unreachable, local delivery
 //! goes on, cross-node messages are lost (and counted), and the node
-//! reconnects with backoff and restores its Redis subscriptions by itself.
-//! With `--redis-sharded` the same relay runs over sharded pub/sub
-//! ([`sharded`]).
+//! reconnects with back-off ([`link::Backoff`]) and restores its Redis
+//! subscriptions by itself, many channels per command. With
+//! `--redis-sharded` the same relay runs over sharded pub/sub ([`sharded`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::{StreamExt, TryStreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use starling_protocol::{Filter, Payload, Topic};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::delivery::Delivery;
 use crate::history::Replay;
+use crate::interest::InterestQueue;
 use crate::metrics::Metrics;
-use crate::registry::{DeliveryReceiver, Interest, TopicRegistry};
+use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::link::{
-    Change, Inbound, Offline, REDIS_TIMEOUT, RELAY_BATCH, RELAY_QUEUE, Wanted, backoff, now_us,
+    self, Backoff, Changes, HEARTBEAT, Inbound, OutboundReceiver, OutboundSender, Queued,
+    REDIS_TIMEOUT, RELAY_BATCH, Throttle, Wanted, now_us, wait_offline,
 };
 use crate::relay::sharded;
 use crate::relay::wire::{self, Names, Outbound, Subscription};
 use crate::relay::{ClusterError, LinkState, Published, RedisTlsFiles, Relay};
 use crate::sync::lock;
+
+/// How many channels (or globs) one `SUBSCRIBE`-like command names at most.
+const SUBSCRIBE_BATCH: usize = 1_000;
+/// How many `SUBSCRIBE`-like commands may wait for Redis's answer at once.
+const SUBSCRIBE_WINDOW: usize = 4;
 
 /// How the node reaches Redis.
 enum Mode {
@@ -46,13 +52,15 @@ enum Mode {
 /// What `start` hands to the relay tasks.
 struct Pending {
     mode: Mode,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: OutboundReceiver,
 }
 
 /// The relay of a node in a cluster.
 pub(crate) struct RedisRelay {
     inbound: Inbound,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundSender,
+    /// Warnings about messages dropped because the relay queue is full.
+    full: Throttle,
     up: Arc<AtomicBool>,
     pending: Mutex<Option<Pending>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -111,11 +119,13 @@ impl RedisRelay {
         metrics: Arc<Metrics>,
         node: Arc<str>,
     ) -> Result<Self, ClusterError> {
+        let (outbound, outbound_rx) = link::outbound(metrics.relay_queue_bytes.clone());
         let inbound = Inbound {
             registry,
             metrics,
             node,
             names: Names::new(prefix),
+            rejected: Arc::default(),
         };
         let certificates = tls_certificates(url, tls)?;
         let mode = if sharded {
@@ -132,10 +142,10 @@ impl RedisRelay {
                 None => redis::Client::open(url).map_err(ClusterError::InvalidUrl)?,
             }))
         };
-        let (outbound, outbound_rx) = mpsc::channel(RELAY_QUEUE);
         Ok(RedisRelay {
             inbound,
             outbound,
+            full: Throttle::default(),
             up: Arc::new(AtomicBool::new(false)),
             pending: Mutex::new(Some(Pending {
                 mode,
@@ -145,8 +155,9 @@ impl RedisRelay {
         })
     }
 
-    /// Queues `delivery` for the other nodes. Never waits: when Redis cannot
-    /// keep up, the message is dropped for them and counted.
+    /// Queues `delivery` for the other nodes, encoded. Never waits: when
+    /// Redis cannot keep up and the queue is full (in messages or in bytes),
+    /// the message is dropped for them and counted.
     fn relay(&self, delivery: &Delivery) {
         let outbound = Outbound {
             topic: delivery.topic.clone(),
@@ -154,8 +165,20 @@ impl RedisRelay {
             from: delivery.from.clone(),
             sent_at_us: now_us(),
         };
-        if self.outbound.try_send(outbound).is_err() {
-            self.inbound.metrics.relay_failed.inc();
+        let queued = Queued {
+            message: wire::encode(&self.inbound.node, &outbound),
+            topic: outbound.topic,
+        };
+        if !self.outbound.send(queued) {
+            let metrics = &self.inbound.metrics;
+            metrics.relay_failed.inc();
+            metrics.relay_queue_full.inc();
+            if self.full.allow() {
+                warn!(
+                    "the relay queue is full: messages for other nodes are dropped \
+                     (starling_cluster_relay_queue_full_total counts them)"
+                );
+            }
         }
     }
 }
@@ -186,23 +209,18 @@ impl Relay for RedisRelay {
         let Some(Pending { mode, outbound }) = lock(&self.pending).take() else {
             return;
         };
-        let (interest, interest_rx) = mpsc::unbounded_channel();
-        self.inbound.registry.report_interest(interest);
+        let interest = Arc::new(InterestQueue::default());
+        self.inbound.registry.report_interest(interest.clone());
         let prefix = self.inbound.names.prefix();
         let tasks = match mode {
             Mode::Classic(client) => {
                 let client = *client;
                 info!(%prefix, "clustering through redis");
                 vec![
-                    tokio::spawn(relay_out(
-                        client.clone(),
-                        outbound,
-                        self.inbound.clone(),
-                        self.up.clone(),
-                    )),
+                    tokio::spawn(relay_out(client.clone(), outbound, self.inbound.clone())),
                     tokio::spawn(relay_in(
                         client,
-                        interest_rx,
+                        interest,
                         self.inbound.clone(),
                         self.up.clone(),
                     )),
@@ -215,7 +233,7 @@ impl Relay for RedisRelay {
                     self.inbound.clone(),
                     self.up.clone(),
                     outbound,
-                    interest_rx,
+                    interest,
                 ))]
             }
         };
@@ -237,150 +255,207 @@ impl Relay for RedisRelay {
     }
 }
 
-/// Sends queued messages to Redis, a pipeline per batch.
-async fn relay_out(
-    client: redis::Client,
-    mut queue: mpsc::Receiver<Outbound>,
-    link: Inbound,
-    up: Arc<AtomicBool>,
-) {
+/// Sends queued messages to Redis, a pipeline per batch. After a failure
+/// it backs off: messages wait in the queue meanwhile, and those waiting
+/// when a try fails are dropped with it (and counted), so that what reaches
+/// the other nodes after a blip is recent.
+async fn relay_out(client: redis::Client, mut queue: OutboundReceiver, link: Inbound) {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(REDIS_TIMEOUT))
         .set_response_timeout(Some(REDIS_TIMEOUT));
     let mut conn: Option<ConnectionManager> = None;
-    let mut retry_at = tokio::time::Instant::now();
+    let mut backoff = Backoff::default();
     let mut batch = Vec::with_capacity(RELAY_BATCH);
     let metrics = &link.metrics;
     while queue.recv_many(&mut batch, RELAY_BATCH).await > 0 {
         let count = batch.len() as u64;
-        if conn.is_none() && tokio::time::Instant::now() >= retry_at {
-            match tokio::time::timeout(
-                REDIS_TIMEOUT,
-                ConnectionManager::new_with_config(client.clone(), config.clone()),
-            )
-            .await
-            {
-                Ok(Ok(c)) => conn = Some(c),
-                _ => retry_at = tokio::time::Instant::now() + backoff(2),
-            }
-        }
-        let Some(c) = conn.as_mut() else {
-            batch.clear();
-            metrics.relay_failed.inc_by(count);
-            continue;
-        };
-        let mut pipe = redis::pipe();
-        for out in batch.drain(..) {
-            pipe.cmd("PUBLISH")
-                .arg(link.names.channel(out.topic.as_str()))
-                .arg(wire::encode(&link.node, &out))
-                .ignore();
-        }
-        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(c)).await {
-            Ok(Ok(())) => {
-                metrics.relayed_out.inc_by(count);
-            }
-            Ok(Err(error)) => {
-                metrics.relay_failed.inc_by(count);
-                if up.load(Ordering::Relaxed) {
-                    warn!(%error, "relaying to redis failed");
+        let sent = async {
+            if conn.is_none() {
+                let connect = ConnectionManager::new_with_config(client.clone(), config.clone());
+                match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
+                    Ok(Ok(c)) => conn = Some(c),
+                    Ok(Err(error)) => return Err(error.to_string()),
+                    Err(_) => return Err("connecting timed out".into()),
                 }
             }
-            Err(_) => {
-                metrics.relay_failed.inc_by(count);
-                warn!("relaying to redis timed out");
-                conn = None;
-                retry_at = tokio::time::Instant::now() + backoff(2);
+            let c = conn.as_mut().expect("connected above");
+            let mut pipe = redis::pipe();
+            for queued in batch.drain(..) {
+                pipe.cmd("PUBLISH")
+                    .arg(link.names.channel(queued.topic.as_str()))
+                    .arg(queued.message)
+                    .ignore();
+            }
+            match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(c)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => {
+                    // The connection may be stuck: make a new one.
+                    conn = None;
+                    Err("timed out".into())
+                }
+            }
+        };
+        match sent.await {
+            Ok(()) => {
+                metrics.relayed_out.inc_by(count);
+                if backoff.failures() > 0 {
+                    info!("relaying to redis again");
+                }
+                backoff.succeeded();
+            }
+            Err(error) => {
+                batch.clear();
+                let dropped = count + queue.discard();
+                metrics.relay_failed.inc_by(dropped);
+                if backoff.failures() == 0 {
+                    warn!(%error, dropped, "relaying to redis failed; retrying with back-off");
+                }
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
     }
 }
 
+/// A `SUBSCRIBE`-like command of a pub/sub connection.
+#[derive(Debug, Clone, Copy)]
+enum Command {
+    Subscribe,
+    PSubscribe,
+    Unsubscribe,
+    PUnsubscribe,
+}
+
+/// Makes `changes` to the subscriptions of a pub/sub connection: many
+/// channels (or globs) per command, a few commands in flight at once, each
+/// answered within [`REDIS_TIMEOUT`].
+async fn make_changes(sink: &PubSubSink, changes: &Changes) -> Result<(), String> {
+    let mut commands = Vec::new();
+    for (list, channel_command, glob_command) in [
+        (&changes.subscribe, Command::Subscribe, Command::PSubscribe),
+        (
+            &changes.unsubscribe,
+            Command::Unsubscribe,
+            Command::PUnsubscribe,
+        ),
+    ] {
+        let (mut channels, mut globs) = (Vec::new(), Vec::new());
+        for subscription in list {
+            match subscription {
+                Subscription::Channel(channel) => channels.push(channel.clone()),
+                Subscription::Glob(glob) => globs.push(glob.clone()),
+            }
+        }
+        for (command, names) in [(channel_command, channels), (glob_command, globs)] {
+            for chunk in names.chunks(SUBSCRIBE_BATCH) {
+                commands.push(send(sink.clone(), command, chunk.to_vec()));
+            }
+        }
+    }
+    futures_util::stream::iter(commands)
+        .buffer_unordered(SUBSCRIBE_WINDOW)
+        .try_collect()
+        .await
+}
+
+/// Sends one `SUBSCRIBE`-like command naming `names`; waits for Redis to
+/// confirm each of them, at most [`REDIS_TIMEOUT`].
+async fn send(mut sink: PubSubSink, command: Command, names: Vec<String>) -> Result<(), String> {
+    let sent = async {
+        match command {
+            Command::Subscribe => sink.subscribe(&names).await,
+            Command::PSubscribe => sink.psubscribe(&names).await,
+            Command::Unsubscribe => sink.unsubscribe(&names).await,
+            Command::PUnsubscribe => sink.punsubscribe(&names).await,
+        }
+    };
+    match tokio::time::timeout(REDIS_TIMEOUT, sent).await {
+        Ok(result) => result.map_err(|error| format!("{command:?}: {error}")),
+        Err(_) => Err(format!("{command:?} of {} timed out", names.len())),
+    }
+}
+
 /// Receives other nodes' messages and keeps the Redis subscriptions equal
-/// to this node's local interest, reconnecting when Redis goes away.
+/// to this node's local interest, reconnecting (with back-off) when Redis
+/// goes away or does not answer.
 async fn relay_in(
     client: redis::Client,
-    mut interest: mpsc::UnboundedReceiver<Interest>,
+    interest: Arc<InterestQueue>,
     inbound: Inbound,
     up: Arc<AtomicBool>,
 ) {
     let mut wanted = Wanted::default();
-    let mut attempt = 0u32;
-    let metrics = &inbound.metrics;
+    let mut backoff = Backoff::default();
     loop {
-        let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
-            failed => {
-                if attempt == 0 {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".into(),
-                    };
-                    warn!(error = %why, "redis unreachable; serving local clients only");
-                }
-                up.store(false, Ordering::Relaxed);
-                let offline = Offline {
-                    pause: backoff(attempt),
-                    wanted: &mut wanted,
-                    names: &inbound.names,
-                    metrics,
-                };
-                if !offline.wait(&mut interest, None).await {
-                    return;
-                }
-                attempt = attempt.saturating_add(1);
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let restored = async {
-            for subscription in wanted.iter() {
-                match subscription {
-                    Subscription::Glob(glob) => sink.psubscribe(glob).await?,
-                    Subscription::Channel(channel) => sink.subscribe(channel).await?,
-                }
-            }
-            Ok::<_, redis::RedisError>(())
-        };
-        if tokio::time::timeout(REDIS_TIMEOUT * 5, restored)
-            .await
-            .map_or(true, |r| r.is_err())
-        {
-            attempt = attempt.saturating_add(1);
-            continue;
+        let error =
+            match session(&client, &interest, &inbound, &up, &mut wanted, &mut backoff).await {
+                Ok(never) => match never {},
+                Err(error) => error,
+            };
+        if up.swap(false, Ordering::Relaxed) {
+            warn!(%error, "redis link lost; reconnecting");
+        } else if backoff.failures() == 0 {
+            warn!(%error, "redis unreachable; serving local clients only");
         }
-        if attempt > 0 {
-            metrics.redis_reconnects.inc();
-            info!(subscriptions = wanted.len(), "redis link restored");
-        }
-        attempt = 0;
-        up.store(true, Ordering::Relaxed);
+        let pause = backoff.failed();
+        wait_offline(pause, &interest, &mut wanted, &inbound.names).await;
+    }
+}
 
-        loop {
-            tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => {
-                        let glob = message.get_pattern::<Option<String>>().ok().flatten();
-                        inbound.receive(message.get_payload_bytes(), glob.as_deref());
-                    }
-                    None => break,
-                },
-                change = interest.recv() => {
-                    let Some(change) = change else { return };
-                    let result = match wanted.apply(&inbound.names, &change) {
-                        None => Ok(()),
-                        Some(Change::Subscribe(Subscription::Channel(c))) => sink.subscribe(&c).await,
-                        Some(Change::Subscribe(Subscription::Glob(g))) => sink.psubscribe(&g).await,
-                        Some(Change::Unsubscribe(Subscription::Channel(c))) => sink.unsubscribe(&c).await,
-                        Some(Change::Unsubscribe(Subscription::Glob(g))) => sink.punsubscribe(&g).await,
-                    };
-                    if result.is_err() {
-                        break;
-                    }
+/// One pub/sub connection to Redis: connects, restores every subscription,
+/// then relays until something fails; returns what failed.
+async fn session(
+    client: &redis::Client,
+    interest: &InterestQueue,
+    inbound: &Inbound,
+    up: &AtomicBool,
+    wanted: &mut Wanted,
+    backoff: &mut Backoff,
+) -> Result<std::convert::Infallible, String> {
+    let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub()).await {
+        Ok(Ok(pubsub)) => pubsub,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(_) => return Err("connecting timed out".into()),
+    };
+    let (mut sink, mut stream) = pubsub.split();
+    // What changed while the link was down is in `wanted` already.
+    wanted.apply(&inbound.names, interest.take());
+    make_changes(&sink, &wanted.all()).await?;
+    if backoff.failures() > 0 {
+        inbound.metrics.redis_reconnects.inc();
+        info!(subscriptions = wanted.len(), "redis link restored");
+    }
+    backoff.succeeded();
+    up.store(true, Ordering::Relaxed);
+
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else {
+                    return Err("connection closed".into());
+                };
+                let glob = message.get_pattern::<Option<String>>().ok().flatten();
+                inbound.receive(
+                    message.get_payload_bytes(),
+                    message.get_channel_name(),
+                    glob.as_deref(),
+                );
+            }
+            () = interest.changed() => {
+                let changes = wanted.apply(&inbound.names, interest.take());
+                if !changes.is_empty() {
+                    make_changes(&sink, &changes).await?;
+                }
+            }
+            _ = heartbeat.tick() => {
+                match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<()>()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(error.to_string()),
+                    Err(_) => return Err("no answer to PING".into()),
                 }
             }
         }
-        up.store(false, Ordering::Relaxed);
-        warn!("redis link lost; reconnecting");
     }
 }
