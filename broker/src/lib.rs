@@ -71,7 +71,7 @@ pub use auth::{AuthConfigError, Claims, PermissionsClaim};
 pub use broker::{Broker, PublishError, StartError};
 pub use cli::{Cli, Command};
 pub use config::{Config, LogFormat, Secret, SlowConsumerPolicy};
-pub use listener::{RunningBroker, bind, serve, start};
+pub use listener::{RunningBroker, bind, serve, shutdown_signal, start};
 pub use metrics::{Metrics, Source};
 pub use origin::OriginRuleError;
 pub use registry::TopicRegistry;

@@ -49,24 +49,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         ("ws", "http")
     };
     println!("starling listening on {addr} ({ws}://{addr}/ws, {http}://{addr}/)");
-    starling_broker::serve(listener, broker, shutdown_signal()).await?;
+    starling_broker::serve(listener, broker, starling_broker::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail on unix");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
