@@ -183,7 +183,7 @@ impl Counter {
         match decoded {
             Ok(Envelope::Lagged { missed, .. }) => {
                 self.stats.lagged_frames += 1;
-                self.stats.missed += missed;
+                self.stats.missed += missed.unwrap_or(0);
             }
             Ok(Envelope::Error { code, .. }) => self.stats.errors.add(code.to_string()),
             Ok(_) => {}
@@ -670,6 +670,7 @@ mod tests {
         };
         let message = Codec::MsgPack
             .encode(&Envelope::Message {
+                epoch: None,
                 topic: Topic::new("bench.x").unwrap(),
                 payload,
                 offset: None,

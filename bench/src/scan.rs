@@ -233,6 +233,7 @@ mod tests {
     /// What the broker sends for a delivery: the protocol crate's encoding.
     fn message(codec: Codec, topic: &str, payload: Payload, offset: Option<u64>) -> Vec<u8> {
         let envelope = Envelope::Message {
+            epoch: None,
             topic: Topic::new(topic).unwrap(),
             payload,
             offset,
@@ -304,6 +305,7 @@ mod tests {
     fn finds_the_timestamp_with_history_offset_and_pattern() {
         for codec in Codec::ALL {
             let envelope = Envelope::Message {
+                epoch: None,
                 topic: Topic::new("t.t").unwrap(),
                 payload: bench_payload(codec),
                 offset: Some(99),
@@ -349,7 +351,13 @@ mod tests {
     fn acks_are_recognised_with_their_id() {
         for codec in Codec::ALL {
             for id in [0, 1, 127, 128, 65_535, 1 << 40, u64::MAX] {
-                let frame = codec.encode(&Envelope::Ack { id, offset: None }).unwrap();
+                let frame = codec
+                    .encode(&Envelope::Ack {
+                        epoch: None,
+                        id,
+                        offset: None,
+                    })
+                    .unwrap();
                 assert_eq!(
                     scan(codec, frame.as_bytes()),
                     Scan::Ack(id),
@@ -362,8 +370,9 @@ mod tests {
     #[test]
     fn lagged_and_errors_are_other() {
         let lagged = Envelope::Lagged {
+            reset: false,
             topic: Filter::new("a").unwrap(),
-            missed: 3,
+            missed: Some(3),
         };
         let error = Envelope::error(Some(1), starling_protocol::ErrorCode::BadFrame, "no");
         for codec in Codec::ALL {

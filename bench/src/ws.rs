@@ -316,6 +316,7 @@ pub(crate) async fn subscribe(
 ) -> Result<Subscribed, String> {
     for (i, topic) in topics.iter().enumerate() {
         let envelope = Envelope::Subscribe {
+            epoch: None,
             id: Some(i as u64 + 1),
             topic: Filter::new(topic).map_err(|e| format!("bad topic {topic:?}: {e}"))?,
             since: None,

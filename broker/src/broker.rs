@@ -11,7 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{AuthConfigError, Verifier};
 use crate::config::Config;
-use crate::history::{HistoryBounds, HistoryPolicy, HistoryStore, Replay};
+use crate::history::{HistoryBounds, HistoryPolicy, HistoryStore, Position, Recovery, Resume};
 use crate::metrics::{Metrics, Source};
 use crate::origin::{OriginPolicy, OriginRuleError};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
@@ -157,6 +157,7 @@ impl Broker {
                 let bounds = HistoryBounds {
                     topics: config.history_topics,
                     bytes: config.history_max_bytes,
+                    ttl: (config.history_ttl > 0).then(|| Duration::from_secs(config.history_ttl)),
                 };
                 let history = HistoryStore::new(policy, bounds, metrics.clone());
                 Box::new(MemoryRelay::new(registry.clone(), history, node_id.clone()))
@@ -279,9 +280,14 @@ impl Broker {
     pub(crate) fn subscribe(
         &self,
         filter: &mut Filter,
-        since: Option<u64>,
-    ) -> (DeliveryReceiver, Option<Replay>) {
-        self.shared.relay.subscribe(filter, since)
+        resume: Option<&Resume>,
+    ) -> (DeliveryReceiver, Recovery) {
+        self.shared.relay.subscribe(filter, resume)
+    }
+
+    /// Where the history of the topic `filter` stands.
+    pub(crate) fn position(&self, filter: &Filter) -> Option<Position> {
+        self.shared.relay.position(filter)
     }
 
     /// Removes one subscriber of `filter`.

@@ -182,6 +182,16 @@ pub struct Config {
     #[arg(long, env = "STARLING_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub history_max_bytes: usize,
 
+    /// Seconds a topic's history is kept after its last message (0: for as
+    /// long as the bounds allow). An expired topic starts a new epoch.
+    #[arg(
+        long,
+        env = "STARLING_HISTORY_TTL",
+        default_value_t = 0,
+        value_name = "SECONDS"
+    )]
+    pub history_ttl: u64,
+
     /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` or, over TLS,
     /// `rediss://redis.internal:6380` (default:
     /// none, a single node).

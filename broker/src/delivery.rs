@@ -20,6 +20,8 @@ pub struct Delivery {
     pub(crate) payload: Payload,
     /// Its offset, when the topic keeps history.
     pub(crate) offset: Option<u64>,
+    /// The epoch of its offset.
+    pub(crate) epoch: Option<Arc<str>>,
     /// The pattern it matched, for deliveries through a pattern subscription.
     pub(crate) sub: Option<Filter>,
     /// The node it was published on.
@@ -45,6 +47,7 @@ impl Delivery {
             topic,
             payload,
             offset,
+            epoch: None,
             sub: None,
             origin,
             from: None,
@@ -58,12 +61,19 @@ impl Delivery {
         self
     }
 
+    /// The same delivery, its offset in history epoch `epoch`.
+    pub(crate) fn with_epoch(mut self, epoch: Arc<str>) -> Self {
+        self.epoch = Some(epoch);
+        self
+    }
+
     /// The same message, as delivered through the pattern subscription `sub`.
     pub(crate) fn through_pattern(&self, sub: Filter) -> Self {
         Delivery {
             topic: self.topic.clone(),
             payload: self.payload.clone(),
             offset: self.offset,
+            epoch: self.epoch.clone(),
             sub: Some(sub),
             origin: self.origin.clone(),
             from: self.from.clone(),
@@ -84,6 +94,7 @@ impl Delivery {
                 topic: self.topic.clone(),
                 payload: self.payload.clone(),
                 offset: self.offset,
+                epoch: self.epoch.clone(),
                 sub: self.sub.clone(),
                 from: self.from.clone(),
             };

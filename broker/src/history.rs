@@ -8,15 +8,26 @@
 //! takes its live receiver and its replay under the same lock, so a message
 //! is either replayed or delivered live, never both and never neither.
 //!
+//! **Epochs.** Each topic history has an epoch, a short string that names
+//! one run of its offsets: offsets restart at 1 only with a new epoch (a
+//! broker restart, a history dropped for room or expired). A client that
+//! resumes with an epoch that is not the topic's, or with an offset beyond
+//! the topic's latest, gets a reset: its position is void and it is sent
+//! everything retained. A topic's first history in a process takes the
+//! process's epoch, so that the epoch a client saw in the `ack` of an empty
+//! topic is still right once messages arrive; once the store has dropped any
+//! history, new ones take fresh epochs of their own.
+//!
 //! A replay holds no message of its own: it is a cursor over the topic's
 //! history ([`Replay`]), read a page at a time as the subscriber's socket
 //! takes what came before, so that a replay never queues more than the
 //! connection's outbound bound, and many replays cost no more than one.
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use starling_protocol::Topic;
@@ -24,6 +35,8 @@ use starling_protocol::Topic;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::ring::Weigh;
+
+mod recovery;
 
 /// How many messages each topic keeps: a default and per-prefix refinements.
 #[derive(Debug, Clone, Default)]
@@ -59,82 +72,41 @@ impl HistoryPolicy {
     }
 }
 
-/// What a subscriber with `since` gets before live messages: the topic's
-/// messages from offset `next` to `until` (the last one published before
-/// the subscription began), read from the history as they are sent.
-/// Messages that the history dropped meanwhile are reported as lost.
-#[derive(Debug)]
-pub(crate) struct Replay {
-    history: Arc<Mutex<TopicHistory>>,
-    next: u64,
-    until: u64,
-}
-
-impl Replay {
-    /// The replay of what `history` holds after `since`; `None` when there
-    /// is nothing after it. Taken under the history's lock (`guard`), with
-    /// the subscription's live receiver.
-    pub(crate) fn after(
-        history: &Arc<Mutex<TopicHistory>>,
-        guard: &TopicHistory,
-        since: u64,
-    ) -> Option<Self> {
-        let until = guard.next_offset - 1;
-        (since < until).then(|| Replay {
-            history: history.clone(),
-            next: since + 1,
-            until,
-        })
-    }
-
-    /// Hands the next messages to `each`, in order, until `each` breaks
-    /// (after the message it breaks on) or the replay is over, which it
-    /// returns. Messages no longer retained are reported first, as one
-    /// `Err` with how many they are.
-    pub(crate) fn page(
-        &mut self,
-        mut each: impl FnMut(Result<&Arc<Delivery>, u64>) -> ControlFlow<()>,
-    ) -> bool {
-        let history = HistoryStore::lock(&self.history);
-        let first = history.first_offset();
-        if self.next < first {
-            let lost = first.min(self.until + 1) - self.next;
-            self.next += lost;
-            let _ = each(Err(lost));
-            if self.next > self.until {
-                return true;
-            }
-        }
-        let skip = (self.next - first) as usize;
-        for delivery in history.messages.iter().skip(skip) {
-            let Some(offset) = delivery.offset.filter(|&o| o <= self.until) else {
-                break;
-            };
-            self.next = offset + 1;
-            if each(Ok(delivery)).is_break() {
-                break;
-            }
-        }
-        self.next > self.until
-    }
-}
+pub(crate) use recovery::{Position, Recovery, Replay, Resume};
 
 /// One topic's retained messages.
 #[derive(Debug)]
 pub(crate) struct TopicHistory {
     capacity: usize,
+    epoch: Arc<str>,
     next_offset: u64,
     messages: VecDeque<Arc<Delivery>>,
     /// The weight of `messages`.
     bytes: usize,
     /// The store's clock when the topic was last published to or replayed.
     last_used: u64,
+    /// When the topic was last published to, in seconds since the store
+    /// began (what `--history-ttl` counts from).
+    published_at: u64,
 }
 
 impl TopicHistory {
     /// The offset the next message gets.
     pub(crate) fn next_offset(&self) -> u64 {
         self.next_offset
+    }
+
+    /// The history's epoch.
+    pub(crate) fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    /// Where the history stands.
+    pub(crate) fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.next_offset - 1,
+        }
     }
 
     /// The offset of the oldest message retained (the next offset when
@@ -177,6 +149,9 @@ pub(crate) struct HistoryBounds {
     pub(crate) topics: usize,
     /// Most bytes of retained messages (payload and topic).
     pub(crate) bytes: usize,
+    /// How long a history is kept after its last message (`None`: as long
+    /// as the other bounds allow).
+    pub(crate) ttl: Option<Duration>,
 }
 
 /// Every topic's history, bounded in topics and in bytes: beyond either
@@ -197,6 +172,14 @@ pub(crate) struct HistoryStore {
     messages: AtomicUsize,
     /// Held by the one caller that makes room at a time.
     evicting: Mutex<()>,
+    /// The epoch of this process's first history of each topic.
+    epoch: Arc<str>,
+    /// Whether any history was dropped (then new ones take fresh epochs).
+    dropped_any: AtomicBool,
+    /// Numbers the fresh epochs.
+    epochs: AtomicU64,
+    /// What `published_at` counts from.
+    started: Instant,
     metrics: Arc<Metrics>,
 }
 
@@ -210,15 +193,113 @@ impl HistoryStore {
             policy,
             bounds: HistoryBounds {
                 topics: bounds.topics.max(1),
-                bytes: bounds.bytes,
+                ..bounds
             },
             topics: DashMap::new(),
             clock: AtomicU64::new(0),
             bytes: AtomicUsize::new(0),
             messages: AtomicUsize::new(0),
             evicting: Mutex::new(()),
+            epoch: new_epoch().into(),
+            dropped_any: AtomicBool::new(false),
+            epochs: AtomicU64::new(0),
+            started: Instant::now(),
             metrics,
         }
+    }
+
+    /// Whether `topic` keeps history.
+    pub(crate) fn keeps(&self, topic: &Topic) -> bool {
+        self.enabled && self.policy.length(topic) > 0
+    }
+
+    /// The epoch of a topic history created now.
+    fn epoch_for_new(&self) -> Arc<str> {
+        if !self.dropped_any.load(Ordering::Relaxed) {
+            return self.epoch.clone();
+        }
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{n}", self.epoch).into()
+    }
+
+    /// What subscribing to `topic` recovers, for a client at `resume`
+    /// (`None`: a plain subscribe), with the subscription's live receiver
+    /// taken by `subscribe` under the history's lock, so that each message
+    /// is either replayed or delivered live.
+    pub(crate) fn recover_with<R>(
+        &self,
+        topic: &Topic,
+        resume: Option<&Resume>,
+        subscribe: impl FnOnce() -> R,
+    ) -> (R, Recovery) {
+        if !self.keeps(topic) {
+            return (subscribe(), Recovery::default());
+        }
+        // A resuming client needs the history locked while its receiver is
+        // taken, even before the topic's first message.
+        let history = match resume {
+            Some(_) => self.for_publish(topic),
+            None => self.get(topic),
+        };
+        let Some(history) = history else {
+            // No message yet (or none kept): what its first history will be.
+            let position = Position {
+                epoch: self.epoch_for_absent(),
+                offset: 0,
+            };
+            let reset = resume.is_some_and(|r| r.is_void_at(&position));
+            let recovery = Recovery {
+                position: Some(position),
+                reset,
+                replay: None,
+            };
+            return (subscribe(), recovery);
+        };
+        let mut guard = Self::lock(&history);
+        let position = guard.position();
+        let (reset, replay) = match resume {
+            None => (false, None),
+            Some(resume) => {
+                self.touch(&mut guard);
+                let reset = resume.is_void_at(&position);
+                // A void position gets everything retained, with no count
+                // of what it missed (unknown).
+                let since = if reset {
+                    guard.first_offset() - 1
+                } else {
+                    resume.since
+                };
+                (reset, Replay::after(&history, &guard, since))
+            }
+        };
+        let rx = subscribe();
+        drop(guard);
+        let recovery = Recovery {
+            position: Some(position),
+            reset,
+            replay,
+        };
+        (rx, recovery)
+    }
+
+    /// Where the history of `topic` stands (`None`: it keeps none).
+    pub(crate) fn position(&self, topic: &Topic) -> Option<Position> {
+        if !self.keeps(topic) {
+            return None;
+        }
+        Some(match self.get(topic) {
+            Some(history) => Self::lock(&history).position(),
+            None => Position {
+                epoch: self.epoch_for_absent(),
+                offset: 0,
+            },
+        })
+    }
+
+    /// The epoch the `ack` of a topic with no history yet carries: the one
+    /// its first history will take, unless histories were dropped.
+    fn epoch_for_absent(&self) -> Arc<str> {
+        self.epoch.clone()
     }
 
     /// The history of `topic`, created on its first message (the least
@@ -241,10 +322,12 @@ impl HistoryStore {
         let history = self.topics.entry(topic.clone()).or_insert_with(|| {
             Arc::new(Mutex::new(TopicHistory {
                 capacity,
+                epoch: self.epoch_for_new(),
                 next_offset: 1,
                 messages: VecDeque::with_capacity(capacity.min(64)),
                 bytes: 0,
                 last_used: 0,
+                published_at: 0,
             }))
         });
         Some(history.clone())
@@ -255,6 +338,9 @@ impl HistoryStore {
     /// is released.
     pub(crate) fn push(&self, guard: &mut TopicHistory, delivery: Arc<Delivery>) {
         guard.last_used = self.tick();
+        if self.bounds.ttl.is_some() {
+            guard.published_at = self.started.elapsed().as_secs();
+        }
         let (added, freed, dropped) = guard.push(delivery);
         self.count(added as isize - freed as isize, 1 - dropped as isize);
     }
@@ -352,16 +438,62 @@ impl HistoryStore {
         let n = (all.len() / 100).max(1);
         all.select_nth_unstable_by_key(n - 1, |(last_used, _)| *last_used);
         for (_, topic) in all.into_iter().take(n) {
-            if let Some((_, history)) = self.topics.remove(&topic) {
-                let mut guard = Self::lock(&history);
-                let (freed, dropped) = (guard.bytes, guard.messages.len());
-                // A replay still reading it finds the messages gone.
-                guard.messages = VecDeque::new();
-                guard.bytes = 0;
-                drop(guard);
-                self.count(-(freed as isize), -(dropped as isize));
-            }
+            self.drop_topic(&topic, |_| true);
         }
+    }
+
+    /// Drops the history of `topic` when `condition` holds for it (checked
+    /// under its lock): its messages, offsets and epoch.
+    fn drop_topic(&self, topic: &Topic, condition: impl Fn(&TopicHistory) -> bool) {
+        self.dropped_any.store(true, Ordering::Relaxed);
+        let Some((_, history)) = self
+            .topics
+            .remove_if(topic, |_, history| condition(&Self::lock(history)))
+        else {
+            return;
+        };
+        let mut guard = Self::lock(&history);
+        let (freed, dropped) = (guard.bytes, guard.messages.len());
+        // A replay still reading it finds the messages gone.
+        guard.messages = VecDeque::new();
+        guard.bytes = 0;
+        drop(guard);
+        self.count(-(freed as isize), -(dropped as isize));
+    }
+
+    /// Drops the histories whose last message is older than the TTL.
+    /// Returns how many went.
+    pub(crate) fn expire(&self) -> usize {
+        self.expire_at(self.started.elapsed().as_secs())
+    }
+
+    /// [`HistoryStore::expire`] at `now`, in seconds since the store began.
+    fn expire_at(&self, now: u64) -> usize {
+        let Some(ttl) = self.bounds.ttl else {
+            return 0;
+        };
+        let Some(oldest) = now.checked_sub(ttl.as_secs()) else {
+            return 0;
+        };
+        let stale = |h: &TopicHistory| h.published_at < oldest;
+        let expired: Vec<Topic> = self
+            .topics
+            .iter()
+            .filter(|entry| stale(&Self::lock(entry.value())))
+            .map(|entry| entry.key().clone())
+            .collect();
+        for topic in &expired {
+            self.drop_topic(topic, stale);
+        }
+        self.metrics.history_expired.inc_by(expired.len() as u64);
+        expired.len()
+    }
+
+    /// How often [`HistoryStore::expire`] should run: a tenth of the TTL,
+    /// between 1 s and 60 s.
+    pub(crate) fn expiry_interval(&self) -> Option<Duration> {
+        let ttl = self.bounds.ttl?;
+        Some((ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
     }
 
     /// The history of `topic`, when it has one.
@@ -375,15 +507,38 @@ impl HistoryStore {
     }
 }
 
+/// A fresh epoch: 8 characters of base 36 that differ from run to run (the
+/// standard library's randomly keyed hasher, over the time and process id).
+fn new_epoch() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    let mut n = hasher.finish();
+    let mut epoch = String::with_capacity(8);
+    for _ in 0..8 {
+        epoch.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+    }
+    epoch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::ControlFlow;
+
     use starling_protocol::Payload;
 
     fn bounded(n: usize, topics: usize, bytes: usize) -> HistoryStore {
         HistoryStore::new(
             HistoryPolicy::new(n, &[("metrics.".into(), 0), ("chat.vip.".into(), 10)]),
-            HistoryBounds { topics, bytes },
+            HistoryBounds {
+                topics,
+                bytes,
+                ttl: None,
+            },
             Arc::new(Metrics::new()),
         )
     }
@@ -541,6 +696,74 @@ mod tests {
             publish(&s, &topic);
         }
         assert_eq!(page(&mut r, 10), (5, vec![], true));
+    }
+
+    #[test]
+    fn a_history_dropped_for_room_comes_back_in_a_new_epoch() {
+        let s = bounded(3, 2, usize::MAX);
+        let (a, b, c) = (
+            Topic::new("a").unwrap(),
+            Topic::new("b").unwrap(),
+            Topic::new("c").unwrap(),
+        );
+        publish(&s, &a);
+        publish(&s, &b);
+        let first = s.position(&a).unwrap();
+        assert_eq!(
+            s.position(&b).unwrap().epoch,
+            first.epoch,
+            "the process's epoch"
+        );
+        // `c` takes the place of `a`, which comes back with offsets from 1.
+        publish(&s, &c);
+        assert_eq!(s.position(&a).unwrap().offset, 0);
+        assert_eq!(publish(&s, &a), Some(1));
+        let again = s.position(&a).unwrap();
+        assert_ne!(again.epoch, first.epoch);
+        let resume = Resume {
+            since: 1,
+            epoch: Some(first.epoch),
+        };
+        assert!(resume.is_void_at(&again));
+    }
+
+    #[test]
+    fn histories_expire_a_ttl_after_their_last_message() {
+        let s = HistoryStore::new(
+            HistoryPolicy::new(3, &[]),
+            HistoryBounds {
+                topics: 100,
+                bytes: usize::MAX,
+                ttl: Some(Duration::from_secs(60)),
+            },
+            Arc::new(Metrics::new()),
+        );
+        let (quiet, busy) = (Topic::new("quiet").unwrap(), Topic::new("busy").unwrap());
+        publish(&s, &quiet);
+        publish(&s, &busy);
+        let epoch = s.position(&quiet).unwrap().epoch;
+        assert_eq!(s.expire_at(60), 0, "not older than the TTL yet");
+        // `busy` gets a message at 30 s.
+        HistoryStore::lock(&s.get(&busy).unwrap()).published_at = 30;
+        assert_eq!(s.expire_at(61), 1);
+        assert_eq!(retained(&s, "quiet"), 0);
+        assert_eq!(retained(&s, "busy"), 1);
+        assert_eq!(s.metrics.history_expired.get(), 1);
+        assert_eq!(s.metrics.history_messages.get(), 1);
+        // It starts again in a new epoch.
+        assert_eq!(publish(&s, &quiet), Some(1));
+        assert_ne!(s.position(&quiet).unwrap().epoch, epoch);
+        // At 91 s: `busy` 61 s after its message, `quiet` 91 s after its new one.
+        assert_eq!(s.expire_at(91), 2);
+        assert_eq!(s.metrics.history_messages.get(), 0);
+    }
+
+    #[test]
+    fn epochs_are_short_and_differ() {
+        let (a, b) = (new_epoch(), new_epoch());
+        assert_eq!(a.len(), 8);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
     }
 
     #[test]

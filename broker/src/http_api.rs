@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::assets;
 use crate::broker::Broker;
 use crate::handshake::{self, Refusal};
+use crate::history::Position;
 use crate::metrics::Source;
 use crate::prefixed::Prefixed;
 use crate::rate::{RateLimiter, Verdict};
@@ -286,8 +287,12 @@ async fn publish(State(broker): State<Broker>, request: Request) -> Response {
         Err(error) => return protocol_error(&broker, error.code(), error.to_string()),
     };
     match broker.publish(request.topic, request.payload, Source::Http) {
-        Ok(published) => match published.offset {
-            Some(offset) => json_response(StatusCode::OK, format!("{{\"offset\":{offset}}}")),
+        Ok(published) => match published.position() {
+            // Epochs are made of `[0-9a-z-]`: nothing to escape.
+            Some(Position { offset, epoch }) => json_response(
+                StatusCode::OK,
+                format!("{{\"offset\":{offset},\"epoch\":\"{epoch}\"}}"),
+            ),
             None => json_response(StatusCode::ACCEPTED, "{}".to_owned()),
         },
         Err(error) => protocol_error(&broker, error.code(), error.to_string()),

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub(crate) topics: Gauge,
     pub(crate) history_messages: Gauge,
     pub(crate) history_bytes: Gauge,
+    pub(crate) history_resets: Counter,
+    pub(crate) history_expired: Counter,
     published: Family<SourceLabel, Counter>,
     published_total: Counter,
     pub(crate) delivered: Counter,
@@ -98,6 +100,8 @@ impl Metrics {
             topics: Gauge::default(),
             history_messages: Gauge::default(),
             history_bytes: Gauge::default(),
+            history_resets: Counter::default(),
+            history_expired: Counter::default(),
             published: Family::default(),
             published_total: Counter::default(),
             delivered: Counter::default(),
@@ -152,6 +156,16 @@ impl Metrics {
             "history_bytes",
             "Bytes of messages (payload and topic) retained in topic histories",
             m.history_bytes.clone(),
+        );
+        registry.register(
+            "history_resets",
+            "Subscriptions whose resume position was void (another epoch, or an offset beyond the latest)",
+            m.history_resets.clone(),
+        );
+        registry.register(
+            "history_expired",
+            "Topic histories dropped by --history-ttl",
+            m.history_expired.clone(),
         );
         registry.register(
             "messages_published",

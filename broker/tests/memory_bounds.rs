@@ -66,6 +66,7 @@ async fn replays_to_a_connection_that_never_reads_are_paged() {
     let id = reader.next_id();
     reader
         .send(&Envelope::Subscribe {
+            epoch: None,
             id: Some(id),
             topic: Filter::new("big.history").unwrap(),
             since: Some(0),
@@ -85,6 +86,7 @@ async fn replays_to_a_connection_that_never_reads_are_paged() {
     let mut frames = Vec::new();
     for _ in 0..50 {
         frames.extend(text_frame(&Envelope::Subscribe {
+            epoch: None,
             id: None,
             topic: topic.clone(),
             since: Some(0),
@@ -131,6 +133,7 @@ async fn a_subscriber_that_never_reads_holds_at_most_its_bounds() {
     let mut sleeper = RawWs::connect(addr.parse().unwrap()).await;
     sleeper
         .write_raw(&text_frame(&Envelope::Subscribe {
+            epoch: None,
             id: Some(1),
             topic: Filter::new("flood").unwrap(),
             since: None,

@@ -99,6 +99,7 @@ async fn chat_as(addr: &str, token: &str, sub: &str) {
     };
     let answer = client
         .request(&Envelope::Subscribe {
+            epoch: None,
             id: Some(100),
             topic: Filter::new("other.x").unwrap(),
             since: None,

@@ -43,6 +43,16 @@ pub enum Event {
         /// How many messages were lost.
         missed: u64,
     },
+    /// The broker could not resume subscription `topic` where the client
+    /// left it: the topic's history started a new epoch (a broker restart,
+    /// an expired history) or no longer reaches back that far. Everything
+    /// the topic still retains follows; messages in between may be missing
+    /// (the `lagged` frame with `reset`). A chat shows "some messages may
+    /// be missing"; a dashboard just carries on.
+    Reset {
+        /// The subscription (topic).
+        topic: Filter,
+    },
     /// A [`Subscription`](crate::Subscription)'s queue was full, so messages
     /// for it are being dropped. Emitted once when dropping starts; again
     /// only after a message got through.

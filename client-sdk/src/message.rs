@@ -17,6 +17,7 @@ pub struct Message {
     pub(crate) topic: Topic,
     pub(crate) payload: Payload,
     pub(crate) offset: Option<u64>,
+    pub(crate) epoch: Option<std::sync::Arc<str>>,
     pub(crate) pattern: Option<Filter>,
     pub(crate) from: Option<std::sync::Arc<str>>,
 }
@@ -60,6 +61,15 @@ impl Message {
     /// ```
     pub fn offset(&self) -> Option<u64> {
         self.offset
+    }
+
+    /// The epoch of [`Message::offset`]: the run of offsets it belongs to.
+    /// Offsets restart only with a new epoch (a broker restarted with its
+    /// history in memory, a history that expired); the client resumes with
+    /// both and gets [`Event::Reset`](crate::Event::Reset) when the broker
+    /// can no longer honour them.
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
     }
 
     /// The pattern that matched, when the subscription was a pattern (the

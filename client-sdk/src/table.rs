@@ -25,6 +25,17 @@ struct Local {
     overflowing: bool,
 }
 
+/// Where a subscription to a topic stands in the topic's history: what a
+/// reconnect resumes from (`since` and `epoch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The last offset seen (or, before any message, the topic's latest
+    /// when the subscription began).
+    pub(crate) offset: u64,
+    /// The epoch of `offset`, when the broker gave one.
+    pub(crate) epoch: Option<Arc<str>>,
+}
+
 /// Everything subscribed to one filter.
 struct Entry {
     filter: Filter,
@@ -33,8 +44,8 @@ struct Entry {
     waiters: Vec<(u64, oneshot::Sender<Result<()>>)>,
     /// The id of the `subscribe` frame in flight, if any.
     subscribe_id: Option<u64>,
-    /// The offset of the last message seen, for `since` after a reconnect.
-    last_offset: Option<u64>,
+    /// Where it stands in the topic's history, for `since` after a reconnect.
+    position: Option<Position>,
 }
 
 /// What a dispatch did, for the task to act on.
@@ -90,7 +101,7 @@ impl SubTable {
                         locals: vec![local],
                         waiters: Vec::new(),
                         subscribe_id: None,
-                        last_offset: None,
+                        position: None,
                     },
                 );
                 true
@@ -148,8 +159,12 @@ impl SubTable {
             // A message still in flight when we unsubscribed.
             return done;
         };
-        if message.offset.is_some() {
-            entry.last_offset = message.offset;
+        if let Some(offset) = message.offset {
+            let epoch = message
+                .epoch
+                .clone()
+                .or_else(|| entry.position.take().and_then(|p| p.epoch));
+            entry.position = Some(Position { offset, epoch });
         }
         let mut closed = false;
         let last = entry.locals.len().saturating_sub(1);
@@ -246,26 +261,49 @@ impl SubTable {
         });
     }
 
-    /// Every filter to subscribe again on a new connection, with its `since`
-    /// (the last offset seen, for concrete topics only: offsets belong to a
-    /// topic, so they mean nothing for a pattern). Marks each as pending
-    /// under a fresh id from `next_id`.
+    /// Records where the topic's history stood when the broker acked the
+    /// subscribe of `key` (the ack's `offset` and `epoch`). A new
+    /// subscription starts there; one whose position the broker cannot
+    /// honour (another epoch, an offset beyond the latest: the broker
+    /// answers with a reset and replays everything retained) starts over
+    /// from the beginning of the new epoch; otherwise the position stays.
+    pub(crate) fn positioned(&mut self, key: &str, offset: u64, epoch: Option<Arc<str>>) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let at_ack = Position { offset, epoch };
+        entry.position = match entry.position.take() {
+            None => Some(at_ack),
+            Some(mine) if mine.offset > at_ack.offset || mine.epoch != at_ack.epoch => {
+                Some(Position {
+                    offset: 0,
+                    epoch: at_ack.epoch,
+                })
+            }
+            Some(mine) => Some(mine),
+        };
+    }
+
+    /// Every filter to subscribe again on a new connection, with its
+    /// position (for concrete topics only: offsets belong to a topic, so
+    /// they mean nothing for a pattern). Marks each as pending under a
+    /// fresh id from `next_id`.
     pub(crate) fn resubscribe(
         &mut self,
         mut next_id: impl FnMut() -> u64,
-    ) -> Vec<(u64, Filter, Option<u64>)> {
-        let mut frames: Vec<(u64, Filter, Option<u64>)> = self
+    ) -> Vec<(u64, Filter, Option<Position>)> {
+        let mut frames: Vec<(u64, Filter, Option<Position>)> = self
             .entries
             .values_mut()
             .map(|entry| {
                 let id = next_id();
                 entry.subscribe_id = Some(id);
-                let since = if entry.filter.is_pattern() {
+                let position = if entry.filter.is_pattern() {
                     None
                 } else {
-                    entry.last_offset
+                    entry.position.clone()
                 };
-                (id, entry.filter.clone(), since)
+                (id, entry.filter.clone(), position)
             })
             .collect();
         frames.sort_by_key(|(id, ..)| *id);
@@ -295,6 +333,7 @@ mod tests {
 
     fn message(topic: &str, offset: Option<u64>) -> Message {
         Message {
+            epoch: None,
             topic: Topic::new(topic).unwrap(),
             payload: Payload::from_json("1").unwrap(),
             offset,
@@ -364,10 +403,81 @@ mod tests {
         let mut ids = 100..;
         let mut frames = table.resubscribe(|| ids.next().unwrap());
         frames.sort_by(|x, y| x.1.as_str().cmp(y.1.as_str()));
-        let got: Vec<(&str, Option<u64>)> =
-            frames.iter().map(|(_, f, s)| (f.as_str(), *s)).collect();
+        let got: Vec<(&str, Option<u64>)> = frames
+            .iter()
+            .map(|(_, f, p)| (f.as_str(), p.as_ref().map(|p| p.offset)))
+            .collect();
         assert_eq!(got, [("orders.*", None), ("orders.new", Some(42))]);
         assert!(table.is_pending("orders.new"));
+    }
+
+    /// The position a resubscribe of `key` would send.
+    fn resume_at(table: &mut SubTable, key: &str) -> Option<(u64, Option<String>)> {
+        let mut ids = 100..;
+        table
+            .resubscribe(|| ids.next().unwrap())
+            .into_iter()
+            .find(|(_, f, _)| f.as_str() == key)
+            .and_then(|(_, _, p)| p)
+            .map(|p| (p.offset, p.epoch.map(|e| e.to_string())))
+    }
+
+    fn with_epoch(mut message: Message, epoch: &str) -> Message {
+        message.epoch = Some(epoch.into());
+        message
+    }
+
+    #[test]
+    fn a_subscription_resumes_from_its_ack_then_from_its_messages() {
+        let mut table = SubTable::default();
+        let (a, _ra) = mpsc::channel(8);
+        table.attach(&filter("chat.room"), 1, a);
+        assert_eq!(resume_at(&mut table, "chat.room"), None);
+        // Acked on an empty topic: a reconnect asks for everything after 0.
+        table.positioned("chat.room", 0, Some("e1".into()));
+        assert_eq!(
+            resume_at(&mut table, "chat.room"),
+            Some((0, Some("e1".into())))
+        );
+        table.dispatch("chat.room", with_epoch(message("chat.room", Some(7)), "e1"));
+        assert_eq!(
+            resume_at(&mut table, "chat.room"),
+            Some((7, Some("e1".into())))
+        );
+        // The resubscribe's ack in the same epoch leaves the position alone
+        // (the replay that follows moves it).
+        table.positioned("chat.room", 9, Some("e1".into()));
+        assert_eq!(
+            resume_at(&mut table, "chat.room"),
+            Some((7, Some("e1".into())))
+        );
+    }
+
+    #[test]
+    fn a_void_position_starts_over_in_the_new_epoch() {
+        let mut table = SubTable::default();
+        let (a, _ra) = mpsc::channel(8);
+        table.attach(&filter("chat.room"), 1, a);
+        table.dispatch(
+            "chat.room",
+            with_epoch(message("chat.room", Some(41)), "e1"),
+        );
+        // The broker restarted: a new epoch.
+        table.positioned("chat.room", 5, Some("e2".into()));
+        assert_eq!(
+            resume_at(&mut table, "chat.room"),
+            Some((0, Some("e2".into())))
+        );
+        // Same epoch but fewer offsets than the client saw: void too.
+        table.dispatch(
+            "chat.room",
+            with_epoch(message("chat.room", Some(41)), "e2"),
+        );
+        table.positioned("chat.room", 5, Some("e2".into()));
+        assert_eq!(
+            resume_at(&mut table, "chat.room"),
+            Some((0, Some("e2".into())))
+        );
     }
 
     #[test]

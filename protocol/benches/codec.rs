@@ -20,6 +20,7 @@ fn publish_frame(codec: Codec) -> Vec<u8> {
 
 fn message(payload: Payload) -> Envelope {
     Envelope::Message {
+        epoch: None,
         topic: Topic::new("metrics.cpu.host1").unwrap(),
         payload,
         offset: None,

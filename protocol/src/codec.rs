@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -294,6 +295,8 @@ struct ClientRawFrame<'a> {
     #[serde(borrow, default, deserialize_with = "text")]
     topic: Option<Cow<'a, str>>,
     since: Option<u64>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    epoch: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "some_payload")]
     payload: Option<Payload>,
     #[serde(borrow, default, deserialize_with = "text")]
@@ -323,6 +326,7 @@ impl ClientRawFrame<'_> {
                 id,
                 topic: filter(id, self.topic)?,
                 since: self.since,
+                epoch: self.epoch.map(|e| Arc::from(e.as_ref())),
             },
             "unsubscribe" => Envelope::Unsubscribe {
                 id,
@@ -371,6 +375,9 @@ struct RawFrame<'a> {
     #[serde(borrow)]
     message: Option<Cow<'a, str>>,
     missed: Option<u64>,
+    reset: Option<bool>,
+    #[serde(borrow)]
+    epoch: Option<Cow<'a, str>>,
     #[serde(borrow)]
     from: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -393,12 +400,14 @@ impl RawFrame<'_> {
                 topic: topic(id, self.topic)?,
                 payload: self.payload.ok_or_else(|| need(id, "payload"))?,
                 offset: self.offset,
+                epoch: self.epoch.map(|e| Arc::from(e.as_ref())),
                 sub: self.sub.map(|s| filter(id, Some(s))).transpose()?,
                 from: self.from.map(|from| from.as_ref().into()),
             },
             "ack" => Envelope::Ack {
                 id: id.ok_or_else(|| need(id, "id"))?,
                 offset: self.offset,
+                epoch: self.epoch.map(|e| Arc::from(e.as_ref())),
             },
             "error" => Envelope::Error {
                 id,
@@ -407,13 +416,18 @@ impl RawFrame<'_> {
             },
             "lagged" => Envelope::Lagged {
                 topic: filter(id, self.topic)?,
-                missed: self.missed.ok_or_else(|| need(id, "missed"))?,
+                reset: self.reset.unwrap_or(false),
+                missed: match (self.missed, self.reset) {
+                    (None, Some(true)) => None,
+                    (missed, _) => Some(missed.ok_or_else(|| need(id, "missed"))?),
+                },
             },
             _ => ClientRawFrame {
                 kind: Some(kind),
                 id,
                 topic: self.topic,
                 since: self.since,
+                epoch: self.epoch,
                 payload: self.payload,
                 token: self.token,
             }
@@ -431,11 +445,13 @@ mod tests {
         let topic = Topic::new("chat.lobby").unwrap();
         vec![
             Envelope::Subscribe {
+                epoch: None,
                 id: Some(1),
                 topic: Filter::new("chat.*").unwrap(),
                 since: Some(7),
             },
             Envelope::Subscribe {
+                epoch: None,
                 id: None,
                 topic: Filter::new("a").unwrap(),
                 since: None,
@@ -463,6 +479,7 @@ mod tests {
                 limits: Limits::default(),
             },
             Envelope::Message {
+                epoch: None,
                 topic: topic.clone(),
                 payload: Payload::from_json("[1,2.5,\"x\"]").unwrap(),
                 offset: Some(9),
@@ -470,6 +487,7 @@ mod tests {
                 from: None,
             },
             Envelope::Message {
+                epoch: None,
                 topic,
                 payload: Payload::from_json("42").unwrap(),
                 offset: None,
@@ -477,10 +495,12 @@ mod tests {
                 from: None,
             },
             Envelope::Ack {
+                epoch: None,
                 id: 5,
                 offset: Some(10),
             },
             Envelope::Ack {
+                epoch: None,
                 id: 6,
                 offset: None,
             },
@@ -491,8 +511,9 @@ mod tests {
             ),
             Envelope::error(None, ErrorCode::BadFrame, "oops"),
             Envelope::Lagged {
+                reset: false,
                 topic: Filter::new("chat.lobby").unwrap(),
-                missed: 12,
+                missed: Some(12),
             },
             Envelope::Pong { id: Some(8) },
             Envelope::Pong { id: None },
@@ -517,6 +538,7 @@ mod tests {
         };
         assert_eq!(
             json(&Envelope::Ack {
+                epoch: None,
                 id: 1,
                 offset: None
             }),
@@ -524,6 +546,7 @@ mod tests {
         );
         assert_eq!(
             json(&Envelope::Message {
+                epoch: None,
                 topic: Topic::new("chat.lobby").unwrap(),
                 payload: Payload::from_json(r#"{"user":"ada","text":"hi"}"#).unwrap(),
                 offset: None,
@@ -629,6 +652,7 @@ mod tests {
             panic!("not a publish")
         };
         let msg = Envelope::Message {
+            epoch: None,
             topic: Topic::new("t").unwrap(),
             payload: payload.clone(),
             offset: None,
@@ -654,6 +678,7 @@ mod tests {
     #[test]
     fn json_payload_reaches_msgpack_one_to_one() {
         let msg = Envelope::Message {
+            epoch: None,
             topic: Topic::new("t").unwrap(),
             payload: Payload::from_json(r#"{"n":-5,"f":1.5,"s":"x","l":[true,null]}"#).unwrap(),
             offset: None,

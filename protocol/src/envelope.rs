@@ -96,6 +96,9 @@ pub enum Envelope {
         /// Replay retained messages with an offset greater than this one first.
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// The epoch `since` belongs to, as the client last saw it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<Arc<str>>,
     },
     /// Stop receiving messages on a topic or pattern.
     Unsubscribe {
@@ -149,6 +152,9 @@ pub enum Envelope {
         /// The message's offset, when the topic keeps history.
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// The epoch of the offset, when the topic keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<Arc<str>>,
         /// The pattern that matched, when it differs from `topic`.
         #[serde(skip_serializing_if = "Option::is_none")]
         sub: Option<Filter>,
@@ -160,9 +166,13 @@ pub enum Envelope {
     Ack {
         /// The id of the frame.
         id: u64,
-        /// For a publish on a topic with history, the offset it got.
+        /// For a publish on a topic with history, the offset it got; for a
+        /// subscribe to such a topic, the topic's latest offset (0: none yet).
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// The epoch of `offset`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<Arc<str>>,
     },
     /// A frame failed; the connection stays open.
     Error {
@@ -174,12 +184,18 @@ pub enum Envelope {
         /// A message for people.
         message: String,
     },
-    /// The subscriber fell behind and `missed` messages were dropped for it.
+    /// The subscriber fell behind and `missed` messages were dropped for it;
+    /// or, with `reset`, its history position is void (a foreign epoch, or
+    /// an offset beyond the topic's latest) and what is retained follows.
     Lagged {
         /// The subscription (topic or pattern) that fell behind.
         topic: Filter,
-        /// How many messages were lost.
-        missed: u64,
+        /// How many messages were lost (absent with `reset`: unknown).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        missed: Option<u64>,
+        /// The client's position is void; everything retained follows.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        reset: bool,
     },
     /// Answer to `ping`.
     Pong {

@@ -46,6 +46,7 @@ fn chat() -> Payload {
 fn fixtures() -> Vec<Fixture> {
     let s = |v: &str| Value::Str(v.into());
     let bin_message = |payload| Envelope::Message {
+        epoch: None,
         topic: topic("files.upload"),
         payload,
         offset: None,
@@ -56,6 +57,7 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "subscribe.json",
             Envelope::Subscribe {
+                epoch: None,
                 id: Some(1),
                 topic: filter("chat.lobby"),
                 since: None,
@@ -64,9 +66,19 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "subscribe_since.json",
             Envelope::Subscribe {
+                epoch: None,
                 id: Some(4),
                 topic: filter("chat.*"),
                 since: Some(41),
+            },
+        ),
+        fixture(
+            "subscribe_resume.json",
+            Envelope::Subscribe {
+                id: Some(7),
+                topic: filter("chat.lobby"),
+                since: Some(41),
+                epoch: Some("k3x9q2".into()),
             },
         ),
         fixture(
@@ -97,6 +109,7 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "message.json",
             Envelope::Message {
+                epoch: None,
                 topic: topic("chat.lobby"),
                 payload: chat(),
                 offset: None,
@@ -105,8 +118,20 @@ fn fixtures() -> Vec<Fixture> {
             },
         ),
         fixture(
+            "message_offset.json",
+            Envelope::Message {
+                topic: topic("chat.lobby"),
+                payload: chat(),
+                offset: Some(42),
+                epoch: Some("k3x9q2".into()),
+                sub: None,
+                from: None,
+            },
+        ),
+        fixture(
             "message_pattern.json",
             Envelope::Message {
+                epoch: None,
                 topic: topic("chat.lobby"),
                 payload: chat(),
                 offset: Some(42),
@@ -127,6 +152,7 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "ack.json",
             Envelope::Ack {
+                epoch: None,
                 id: 1,
                 offset: None,
             },
@@ -134,8 +160,17 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "ack_offset.json",
             Envelope::Ack {
+                epoch: None,
                 id: 2,
                 offset: Some(42),
+            },
+        ),
+        fixture(
+            "ack_subscribe.json",
+            Envelope::Ack {
+                id: 7,
+                offset: Some(45),
+                epoch: Some("k3x9q2".into()),
             },
         ),
         fixture(
@@ -149,8 +184,17 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "lagged.json",
             Envelope::Lagged {
+                reset: false,
                 topic: filter("chat.>"),
-                missed: 12,
+                missed: Some(12),
+            },
+        ),
+        fixture(
+            "lagged_reset.json",
+            Envelope::Lagged {
+                topic: filter("chat.lobby"),
+                missed: None,
+                reset: true,
             },
         ),
         fixture("pong.json", Envelope::Pong { id: Some(6) }),

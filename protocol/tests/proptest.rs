@@ -163,6 +163,7 @@ fn ref_decode_client(fields: &[(String, Value)]) -> Result<Envelope, ErrorCode> 
     let id = opt_u64("id")?;
     let topic = opt_str("topic")?;
     let since = opt_u64("since")?;
+    let epoch = opt_str("epoch")?;
     let payload = get("payload").cloned();
 
     let filter = |topic: Option<String>| {
@@ -177,6 +178,7 @@ fn ref_decode_client(fields: &[(String, Value)]) -> Result<Envelope, ErrorCode> 
             id,
             topic: filter(topic)?,
             since,
+            epoch: epoch.map(Into::into),
         }),
         "unsubscribe" => Ok(Envelope::Unsubscribe {
             id,
@@ -255,6 +257,10 @@ fn topic() -> impl Strategy<Value = Topic> {
 
 fn filter() -> impl Strategy<Value = Filter> {
     filter_name().prop_map(|name| Filter::new(&name).expect("generated filters are valid"))
+}
+
+fn epoch() -> impl Strategy<Value = std::sync::Arc<str>> {
+    "[0-9a-z-]{1,16}".prop_map(Into::into)
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -428,8 +434,18 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 /// Any envelope, of every variant, with payloads from `payload`.
 fn envelope(payload: BoxedStrategy<Payload>) -> impl Strategy<Value = Envelope> {
     prop_oneof![
-        (opt_id(), filter(), prop::option::of(any::<u64>()))
-            .prop_map(|(id, topic, since)| Envelope::Subscribe { id, topic, since }),
+        (
+            opt_id(),
+            filter(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(epoch())
+        )
+            .prop_map(|(id, topic, since, epoch)| Envelope::Subscribe {
+                id,
+                topic,
+                since,
+                epoch
+            }),
         (opt_id(), filter()).prop_map(|(id, topic)| Envelope::Unsubscribe { id, topic }),
         (opt_id(), topic(), payload.clone()).prop_map(|(id, topic, payload)| Envelope::Publish {
             id,
@@ -453,23 +469,38 @@ fn envelope(payload: BoxedStrategy<Payload>) -> impl Strategy<Value = Envelope> 
             topic(),
             payload,
             prop::option::of(any::<u64>()),
+            prop::option::of(epoch()),
             prop::option::of(filter())
         )
-            .prop_map(|(topic, payload, offset, sub)| Envelope::Message {
+            .prop_map(|(topic, payload, offset, epoch, sub)| Envelope::Message {
+                epoch,
                 topic,
                 payload,
                 offset,
                 sub,
                 from: None,
             }),
-        (any::<u64>(), prop::option::of(any::<u64>()))
-            .prop_map(|(id, offset)| Envelope::Ack { id, offset }),
+        (
+            any::<u64>(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(epoch())
+        )
+            .prop_map(|(id, offset, epoch)| Envelope::Ack { id, offset, epoch }),
         (opt_id(), error_code(), text()).prop_map(|(id, code, message)| Envelope::Error {
             id,
             code,
             message
         }),
-        (filter(), any::<u64>()).prop_map(|(topic, missed)| Envelope::Lagged { topic, missed }),
+        (filter(), any::<u64>()).prop_map(|(topic, missed)| Envelope::Lagged {
+            topic,
+            missed: Some(missed),
+            reset: false
+        }),
+        filter().prop_map(|topic| Envelope::Lagged {
+            topic,
+            missed: None,
+            reset: true
+        }),
         opt_id().prop_map(|id| Envelope::Pong { id }),
     ]
 }
@@ -516,7 +547,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<Value> {
         ]
         .boxed(),
         "payload" | "x" => json_value().boxed(),
-        "node" | "message" => text(),
+        "node" | "message" | "epoch" => text(),
         "codec" => prop_oneof![
             8 => select(vec!["json", "msgpack"]).prop_map(str_value),
             1 => Just(str_value("xml")),
@@ -555,6 +586,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<Value> {
             )
         })
         .boxed(),
+        "reset" => any::<bool>().prop_map(Value::Bool).boxed(),
         other => panic!("no strategy for field {other}"),
     };
     prop_oneof![20 => typed, 1 => Just(Value::Null), 2 => field_value()].boxed()
@@ -581,10 +613,10 @@ fn object(keys: &'static [&'static str]) -> impl Strategy<Value = Vec<(String, V
         .prop_shuffle()
 }
 
-const CLIENT_KEYS: &[&str] = &["type", "id", "topic", "payload", "since", "x"];
+const CLIENT_KEYS: &[&str] = &["type", "id", "topic", "payload", "since", "epoch", "x"];
 const ALL_KEYS: &[&str] = &[
-    "type", "id", "topic", "payload", "since", "x", "version", "node", "codec", "limits", "offset",
-    "sub", "code", "message", "missed",
+    "type", "id", "topic", "payload", "since", "epoch", "x", "version", "node", "codec", "limits",
+    "offset", "sub", "code", "message", "missed", "reset",
 ];
 
 /// The object encoded by `codec`.
@@ -814,6 +846,7 @@ proptest! {
         topic in topic(),
     ) {
         let message = |payload: Payload| Envelope::Message {
+            epoch: None,
             topic: topic.clone(),
             payload,
             offset: None,

@@ -28,11 +28,17 @@ pub async fn broker() -> RunningBroker {
 /// Starts a broker on `addr` (the port of a broker that just stopped),
 /// retrying briefly while the port is still held.
 pub async fn broker_on(addr: SocketAddr) -> RunningBroker {
+    broker_on_with(addr, |_| {}).await
+}
+
+/// [`broker_on`] with the configuration adjusted by `adjust`.
+pub async fn broker_on_with(addr: SocketAddr, adjust: impl Fn(&mut Config)) -> RunningBroker {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let mut config = Config::ephemeral();
         config.node_id = Some("test-node-2".into());
         config.listen = addr;
+        adjust(&mut config);
         match starling_broker::start(config).await {
             Ok(running) => return running,
             Err(error) if tokio::time::Instant::now() < deadline => {

@@ -184,17 +184,42 @@ impl Client {
         }
     }
 
-    /// Subscribes and waits for the ack.
-    pub async fn subscribe(&mut self, topic: &str) {
+    /// Subscribes and waits for the ack. Returns where the topic's history
+    /// stands (latest offset, epoch) when it keeps history.
+    pub async fn subscribe(&mut self, topic: &str) -> Option<(u64, Arc<str>)> {
+        self.subscribe_from(topic, None, None).await
+    }
+
+    /// Subscribes with `since` and `epoch` and waits for the ack (frames
+    /// that follow it, such as `lagged` and replayed messages, are left to
+    /// read). Returns where the topic's history stands (latest offset,
+    /// epoch) when it keeps history.
+    pub async fn subscribe_from(
+        &mut self,
+        topic: &str,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Option<(u64, Arc<str>)> {
         let id = self.next_id();
         let answer = self
             .request(&Envelope::Subscribe {
                 id: Some(id),
                 topic: Filter::new(topic).expect("valid filter"),
-                since: None,
+                since,
+                epoch: epoch.map(Into::into),
             })
             .await;
-        assert_eq!(answer, Envelope::Ack { id, offset: None });
+        match answer {
+            Envelope::Ack {
+                id: got,
+                offset,
+                epoch,
+            } if got == id => {
+                assert_eq!(offset.is_some(), epoch.is_some(), "{offset:?} {epoch:?}");
+                offset.zip(epoch)
+            }
+            other => panic!("expected the ack of subscribe {id}, got {other:?}"),
+        }
     }
 
     /// Subscribes to every topic of `topics`, sending the requests a batch
@@ -207,6 +232,7 @@ impl Client {
             for topic in batch {
                 let id = self.next_id();
                 self.send(&Envelope::Subscribe {
+                    epoch: None,
                     id: Some(id),
                     topic: Filter::new(topic).expect("valid filter"),
                     since: None,

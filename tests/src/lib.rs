@@ -22,7 +22,7 @@ mod tls;
 pub mod tokens;
 
 pub use binary::{BINARY_WAIT, resident_bytes, start_binary};
-pub use broker::{TestBroker, broker, broker_on, broker_with, stop};
+pub use broker::{TestBroker, broker, broker_on, broker_on_with, broker_with, stop};
 pub use client::Client;
 pub use delay::DelayProxy;
 pub use http::{

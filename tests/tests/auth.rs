@@ -202,6 +202,7 @@ async fn the_token_may_come_in_an_authorization_header() {
 
 fn subscribe(id: u64, topic: &str) -> Envelope {
     Envelope::Subscribe {
+        epoch: None,
         id: Some(id),
         topic: Filter::new(topic).unwrap(),
         since: None,
@@ -349,6 +350,7 @@ async fn an_expired_token_closes_the_connection_unless_refreshed() {
     assert_eq!(
         answer,
         Envelope::Ack {
+            epoch: None,
             id: 7,
             offset: None
         }
@@ -424,6 +426,7 @@ async fn refresh_narrows_permissions_and_ends_what_they_no_longer_allow() {
     assert_eq!(
         answer,
         Envelope::Ack {
+            epoch: None,
             id: 2,
             offset: None
         }

@@ -386,6 +386,7 @@ async fn unsubscribe_not_subscribed(broker: &TestBroker) {
     assert_eq!(
         ack,
         Envelope::Ack {
+            epoch: None,
             id: 52,
             offset: None
         }

@@ -24,7 +24,9 @@ fn offset_of(frame: &Envelope) -> u64 {
 async fn publishes_get_growing_offsets_in_acks_and_messages() {
     let broker = broker(10).await;
     let mut sub = broker.json().await;
-    sub.subscribe("room").await;
+    // An empty topic: offset 0, and the epoch its messages will carry.
+    let (latest, epoch) = sub.subscribe("room").await.expect("a history position");
+    assert_eq!(latest, 0);
     let mut publisher = broker.json().await;
     for expected in 1..=3u64 {
         let answer = publisher
@@ -38,10 +40,16 @@ async fn publishes_get_growing_offsets_in_acks_and_messages() {
             answer,
             Envelope::Ack {
                 id: expected,
-                offset: Some(expected)
+                offset: Some(expected),
+                epoch: Some(epoch.clone()),
             }
         );
-        assert_eq!(offset_of(&sub.recv().await), expected);
+        let message = sub.recv().await;
+        assert_eq!(offset_of(&message), expected);
+        assert!(
+            matches!(&message, Envelope::Message { epoch: Some(e), .. } if *e == epoch),
+            "{message:?}"
+        );
     }
     // HTTP publishes take the next offset and answer 200 with it.
     let (status, body) = http_post(
@@ -49,8 +57,19 @@ async fn publishes_get_growing_offsets_in_acks_and_messages() {
         r#"{"topic":"room","payload":2}"#,
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, r#"{"offset":4}"#));
+    assert_eq!(
+        (status, body),
+        (200, format!(r#"{{"offset":4,"epoch":"{epoch}"}}"#))
+    );
     assert_eq!(offset_of(&sub.recv().await), 4);
+    // A later subscribe is told the latest offset.
+    assert_eq!(
+        broker.json().await.subscribe("room").await,
+        Some((4, epoch.clone()))
+    );
+    // Patterns and topics without history have no position.
+    assert_eq!(broker.json().await.subscribe("room.*").await, None);
+    assert_eq!(broker.json().await.subscribe("nohist.x").await, None);
     // A topic without history gets none.
     let answer = publisher
         .request(&Envelope::Publish {
@@ -63,7 +82,8 @@ async fn publishes_get_growing_offsets_in_acks_and_messages() {
         answer,
         Envelope::Ack {
             id: 9,
-            offset: None
+            offset: None,
+            epoch: None,
         }
     );
     broker.stop().await;
@@ -77,25 +97,15 @@ async fn since_replays_what_is_retained_and_reports_what_is_gone() {
         publisher.publish("feed", &i.to_string()).await;
     }
     let mut late = broker.json().await;
-    late.send(&Envelope::Subscribe {
-        id: Some(1),
-        topic: Filter::new("feed").unwrap(),
-        since: Some(0),
-    })
-    .await;
-    assert_eq!(
-        late.recv().await,
-        Envelope::Ack {
-            id: 1,
-            offset: None
-        }
-    );
+    let (latest, epoch) = late.subscribe_from("feed", Some(0), None).await.unwrap();
+    assert_eq!(latest, 5);
     // Offsets 1 and 2 were evicted (history 3): said before the replay.
     assert_eq!(
         late.recv().await,
         Envelope::Lagged {
             topic: Filter::new("feed").unwrap(),
-            missed: 2
+            missed: Some(2),
+            reset: false,
         }
     );
     for expected in 3..=5 {
@@ -106,20 +116,8 @@ async fn since_replays_what_is_retained_and_reports_what_is_gone() {
 
     // Caught up: since = the last offset seen replays nothing.
     let mut current = broker.json().await;
-    current
-        .send(&Envelope::Subscribe {
-            id: Some(2),
-            topic: Filter::new("feed").unwrap(),
-            since: Some(6),
-        })
-        .await;
-    assert_eq!(
-        current.recv().await,
-        Envelope::Ack {
-            id: 2,
-            offset: None
-        }
-    );
+    let position = current.subscribe_from("feed", Some(6), Some(&epoch)).await;
+    assert_eq!(position, Some((6, epoch)));
     publisher.publish("feed", "7").await;
     assert_eq!(offset_of(&current.recv().await), 7);
     broker.stop().await;
@@ -150,19 +148,7 @@ async fn a_subscriber_joining_mid_stream_gets_every_offset_exactly_once() {
     // Join while the publisher is busy, asking for everything.
     tokio::time::sleep(std::time::Duration::from_millis(15)).await;
     let mut sub = broker.json().await;
-    sub.send(&Envelope::Subscribe {
-        id: Some(1),
-        topic: Filter::new("stream").unwrap(),
-        since: Some(0),
-    })
-    .await;
-    assert_eq!(
-        sub.recv().await,
-        Envelope::Ack {
-            id: 1,
-            offset: None
-        }
-    );
+    sub.subscribe_from("stream", Some(0), None).await.unwrap();
     for expected in 1..=MESSAGES + 1 {
         assert_eq!(offset_of(&sub.recv().await), expected, "gap or duplicate");
     }
@@ -190,26 +176,123 @@ async fn histories_keep_to_their_bytes_and_a_replay_reports_what_went() {
     assert!((80.0..=100.0).contains(&messages), "{messages} messages");
 
     let mut sub = broker.json().await;
-    let answer = sub
-        .request(&Envelope::Subscribe {
-            id: Some(1),
-            topic: Filter::new("big.room").unwrap(),
-            since: Some(0),
-        })
-        .await;
-    assert_eq!(
-        answer,
-        Envelope::Ack {
-            id: 1,
-            offset: None
-        }
-    );
+    let position = sub.subscribe_from("big.room", Some(0), None).await;
+    assert_eq!(position.unwrap().0, 300);
     let lost = match sub.recv().await {
         Envelope::Lagged { missed, .. } => missed,
         other => panic!("expected lagged, got {other:?}"),
     };
-    assert_eq!(lost, 300 - messages as u64);
-    for expected in lost + 1..=300 {
+    assert_eq!(lost, Some(300 - messages as u64));
+    for expected in lost.unwrap() + 1..=300 {
         assert_eq!(offset_of(&sub.recv().await), expected);
     }
+}
+
+/// The scenario of a restart: 50 messages, a restart (history in memory),
+/// 5 more. A client resuming with the old epoch, whatever its offset, is
+/// told its position is void and gets the 5 new messages; it never skips
+/// them silently.
+#[tokio::test]
+async fn a_restart_starts_a_new_epoch_and_resuming_clients_are_reset() {
+    let first = broker(100).await;
+    let mut publisher = first.json().await;
+    for i in 0..50 {
+        publisher.publish("chat.room", &i.to_string()).await;
+    }
+    let (latest, old_epoch) = first.json().await.subscribe("chat.room").await.unwrap();
+    assert_eq!(latest, 50);
+    first.stop().await;
+
+    let second = broker(100).await;
+    let mut publisher = second.json().await;
+    for i in 50..55 {
+        publisher.publish("chat.room", &i.to_string()).await;
+    }
+    for since in [41, 3, 0] {
+        let mut client = second.json().await;
+        let (latest, epoch) = client
+            .subscribe_from("chat.room", Some(since), Some(&old_epoch))
+            .await
+            .unwrap();
+        assert_eq!(latest, 5);
+        assert_ne!(epoch, old_epoch, "a new epoch after the restart");
+        assert_eq!(
+            client.recv().await,
+            Envelope::Lagged {
+                topic: Filter::new("chat.room").unwrap(),
+                missed: None,
+                reset: true,
+            },
+            "since {since}"
+        );
+        for offset in 1..=5 {
+            let message = client.recv().await;
+            assert_eq!(offset_of(&message), offset);
+            assert!(matches!(&message, Envelope::Message { epoch: Some(e), .. } if *e == epoch));
+        }
+    }
+    // An offset beyond the latest is void even without an epoch.
+    let mut client = second.json().await;
+    client.subscribe_from("chat.room", Some(41), None).await;
+    assert!(matches!(
+        client.recv().await,
+        Envelope::Lagged { reset: true, .. }
+    ));
+    assert_eq!(offset_of(&client.recv().await), 1);
+    // The current epoch and an offset it gave: no reset, only what follows.
+    let (_, epoch) = second.json().await.subscribe("chat.room").await.unwrap();
+    let mut client = second.json().await;
+    client
+        .subscribe_from("chat.room", Some(3), Some(&epoch))
+        .await;
+    assert_eq!(offset_of(&client.recv().await), 4);
+    assert_eq!(offset_of(&client.recv().await), 5);
+    let (_, metrics) = starling_tests::http_get(&format!("{}/metrics", second.http_url())).await;
+    assert_eq!(
+        starling_tests::metric(&metrics, "starling_history_resets_total"),
+        4.0
+    );
+    second.stop().await;
+}
+
+/// `--history-ttl`: a topic idle for longer loses its history, and comes
+/// back in a new epoch.
+#[tokio::test]
+async fn an_idle_history_expires_after_its_ttl() {
+    let broker = TestBroker::with_config(|c| {
+        c.history = 10;
+        c.history_ttl = 1;
+    })
+    .await;
+    let mut publisher = broker.json().await;
+    publisher.publish("quiet.room", "1").await;
+    let (_, epoch) = broker.json().await.subscribe("quiet.room").await.unwrap();
+    // Swept every second; older than 1 s after at most about 3 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) =
+            starling_tests::http_get(&format!("{}/metrics", broker.http_url())).await;
+        if starling_tests::metric(&metrics, "starling_history_expired_total") == 1.0 {
+            assert_eq!(
+                starling_tests::metric(&metrics, "starling_history_messages"),
+                0.0
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired in 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut client = broker.json().await;
+    client
+        .subscribe_from("quiet.room", Some(1), Some(&epoch))
+        .await;
+    assert!(matches!(
+        client.recv().await,
+        Envelope::Lagged { reset: true, .. }
+    ));
+    publisher.publish("quiet.room", "2").await;
+    let message = client.recv().await;
+    assert_eq!(offset_of(&message), 1, "offsets start again");
+    assert!(matches!(&message, Envelope::Message { epoch: Some(e), .. } if *e != epoch));
+    broker.stop().await;
 }

@@ -205,6 +205,7 @@ async fn post_api_publish_answers_202_and_reaches_json_and_msgpack_subscribers()
             topic,
             payload,
             offset,
+            epoch: _,
             sub,
             from: _,
         } => {
@@ -219,6 +220,7 @@ async fn post_api_publish_answers_202_and_reaches_json_and_msgpack_subscribers()
             topic,
             payload,
             offset,
+            epoch: _,
             sub,
             from: _,
         } => {

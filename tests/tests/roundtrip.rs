@@ -42,6 +42,7 @@ async fn json_round_trip_matches_the_protocol_example() {
     assert_eq!(
         a.recv().await,
         Envelope::Ack {
+            epoch: None,
             id: 1,
             offset: None
         }
@@ -139,6 +140,7 @@ async fn pattern_subscriptions_name_the_pattern() {
     assert_eq!(
         first,
         Envelope::Message {
+            epoch: None,
             topic: "metrics.host1.cpu".parse().unwrap(),
             payload: Payload::from_json("0.5").unwrap(),
             offset: None,
@@ -172,6 +174,7 @@ async fn subscribe_twice_delivers_once_and_unsubscribe_stops_delivery() {
     assert_eq!(
         answer,
         Envelope::Ack {
+            epoch: None,
             id: 50,
             offset: None
         }

@@ -145,7 +145,11 @@ async fn slow_subscriber_gets_lagged_while_a_fast_one_gets_every_message_in_orde
                 received += 1;
                 next += 1;
             }
-            Envelope::Lagged { topic, missed: m } => {
+            Envelope::Lagged {
+                topic,
+                missed: Some(m),
+                reset: false,
+            } => {
                 assert_eq!(topic.as_str(), TOPIC);
                 assert!(m > 0, "lagged with nothing missed");
                 lagged_frames += 1;

@@ -29,6 +29,7 @@ use crate::connection::exit::Exit;
 use crate::connection::outbox::Outbox;
 use crate::connection::subscriptions::{Lag, Subscriptions};
 use crate::delivery::write_protocol_frame;
+use crate::history::{Position, Resume};
 use crate::metrics::Source;
 use crate::rate::{RateLimiter, Verdict};
 use starling_protocol::framing::{self, Event, Kind};
@@ -222,7 +223,12 @@ impl<const ECHO: bool> Session<ECHO> {
     /// One arm per client frame type.
     fn on_envelope(&mut self, envelope: Envelope) {
         match envelope {
-            Envelope::Subscribe { id, topic, since } => self.subscribe(id, topic, since),
+            Envelope::Subscribe {
+                id,
+                topic,
+                since,
+                epoch,
+            } => self.subscribe(id, topic, since.map(|since| Resume { since, epoch })),
             Envelope::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
             Envelope::Publish { id, topic, payload } => self.publish(id, topic, payload),
             Envelope::Ping { id } => self.send(&Envelope::Pong { id }),
@@ -238,9 +244,10 @@ impl<const ECHO: bool> Session<ECHO> {
         }
     }
 
-    fn ack(&mut self, id: Option<u64>, offset: Option<u64>) {
+    fn ack(&mut self, id: Option<u64>, position: Option<Position>) {
         if let Some(id) = id {
-            self.send(&Envelope::Ack { id, offset });
+            let (offset, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
+            self.send(&Envelope::Ack { id, offset, epoch });
         }
     }
 
@@ -260,12 +267,12 @@ impl<const ECHO: bool> Session<ECHO> {
             .broker
             .publish_as(topic, payload, Source::WebSocket, from);
         match published {
-            Ok(published) => self.ack(id, published.offset),
+            Ok(published) => self.ack(id, published.position()),
             Err(error) => self.send_error(id, error.code(), error.to_string()),
         }
     }
 
-    fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, since: Option<u64>) {
+    fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, resume: Option<Resume>) {
         let allowed = self.auth.is_off()
             || self
                 .auth
@@ -276,7 +283,8 @@ impl<const ECHO: bool> Session<ECHO> {
             return self.send_error(id, ErrorCode::Unauthorized, message);
         }
         if self.subs.find(&filter).is_some() {
-            self.ack(id, None);
+            let position = self.broker.position(&filter);
+            self.ack(id, position);
             return;
         }
         let max = self.broker.config().max_subscriptions;
@@ -297,11 +305,19 @@ impl<const ECHO: bool> Session<ECHO> {
             );
             return;
         }
-        let (rx, replay) = self.broker.subscribe(&mut filter, since);
-        debug!(conn_id = %self.admission.id, topic = %filter, ?since, "subscribed");
-        self.ack(id, None);
+        let (rx, recovery) = self.broker.subscribe(&mut filter, resume.as_ref());
+        debug!(conn_id = %self.admission.id, topic = %filter, ?resume, reset = recovery.reset, "subscribed");
+        self.ack(id, recovery.position);
+        if recovery.reset {
+            self.broker.metrics().history_resets.inc();
+            self.send(&Envelope::Lagged {
+                topic: filter.clone(),
+                missed: None,
+                reset: true,
+            });
+        }
         // The replay is read as the socket takes it, before live messages.
-        self.subs.insert(filter, rx, replay);
+        self.subs.insert(filter, rx, recovery.replay);
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {

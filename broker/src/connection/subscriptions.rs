@@ -306,7 +306,8 @@ fn copy(delivery: &Delivery, out: &mut Outbox, codec: Codec, bound: usize) -> Co
 fn write_lagged(out: &mut Outbox, codec: Codec, filter: &Filter, missed: u64) {
     let lagged = Envelope::Lagged {
         topic: filter.clone(),
-        missed,
+        missed: Some(missed),
+        reset: false,
     };
     if let Ok(frame) = codec.encode(&lagged) {
         write_protocol_frame(&mut out.buf, &frame);

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use starling_protocol::{Filter, Payload, Topic};
 
-use crate::history::Replay;
+use crate::history::{Position, Recovery, Resume};
 use crate::registry::DeliveryReceiver;
 
 pub(crate) mod link;
@@ -36,12 +36,33 @@ pub(crate) mod sharded;
 pub(crate) mod wire;
 
 /// What a successful publish returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// The offset the message got, when its topic keeps history.
     pub offset: Option<u64>,
+    /// The epoch of `offset`.
+    pub epoch: Option<Arc<str>>,
     /// How many local subscriptions it reached.
     pub subscribers: usize,
+}
+
+impl Published {
+    /// A message on a topic without history that reached `subscribers`.
+    pub(crate) fn unnumbered(subscribers: usize) -> Self {
+        Published {
+            offset: None,
+            epoch: None,
+            subscribers,
+        }
+    }
+
+    /// Where the message stands in its topic's history.
+    pub(crate) fn position(&self) -> Option<Position> {
+        Some(Position {
+            offset: self.offset?,
+            epoch: self.epoch.clone()?,
+        })
+    }
 }
 
 /// Why a relay could not be set up.
@@ -97,14 +118,15 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
     /// other nodes, as one step per topic.
     fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published;
 
-    /// Subscribes to `filter` (which becomes the registry's shared copy);
-    /// with `since` on a topic that keeps history, also returns what to
-    /// replay, taken together with the live receiver.
+    /// Subscribes to `filter` (which becomes the registry's shared copy).
+    /// On a topic that keeps history, also returns where the history stands
+    /// and, for a client resuming at `resume`, what to replay, taken
+    /// together with the live receiver.
     fn subscribe(
         &self,
         filter: &mut Filter,
-        since: Option<u64>,
-    ) -> (DeliveryReceiver, Option<Replay>);
+        resume: Option<&Resume>,
+    ) -> (DeliveryReceiver, Recovery);
 
     /// Starts following interest and receiving from other nodes. Called once,
     /// within the runtime, when the broker starts serving.
@@ -112,6 +134,13 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
 
     /// Stops receiving from and sending to the other nodes.
     fn stop(&self) {}
+
+    /// Where the history of the topic `filter` stands (`None`: a pattern,
+    /// or a topic that keeps no history).
+    fn position(&self, filter: &Filter) -> Option<Position> {
+        let _ = filter;
+        None
+    }
 
     /// The state of the link to the other nodes.
     fn state(&self) -> LinkState {

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::delivery::Delivery;
-use crate::history::Replay;
+use crate::history::{Recovery, Resume};
 use crate::interest::InterestQueue;
 use crate::metrics::Metrics;
 use crate::registry::{DeliveryReceiver, TopicRegistry};
@@ -191,18 +191,18 @@ impl Relay for RedisRelay {
         if !delivery.topic.is_reserved() {
             self.relay(&delivery);
         }
-        Published {
-            offset: None,
-            subscribers: self.inbound.registry.publish(delivery),
-        }
+        Published::unnumbered(self.inbound.registry.publish(delivery))
     }
 
     fn subscribe(
         &self,
         filter: &mut Filter,
-        _since: Option<u64>,
-    ) -> (DeliveryReceiver, Option<Replay>) {
-        (self.inbound.registry.subscribe_shared(filter), None)
+        _resume: Option<&Resume>,
+    ) -> (DeliveryReceiver, Recovery) {
+        (
+            self.inbound.registry.subscribe_shared(filter),
+            Recovery::default(),
+        )
     }
 
     fn start(&self) {

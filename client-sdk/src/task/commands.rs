@@ -84,6 +84,7 @@ impl Task {
             self.table.add_waiter(&key, local_id, reply);
             self.push_request(
                 &Envelope::Subscribe {
+                    epoch: None,
                     id: Some(id),
                     topic: filter,
                     since: None,

@@ -33,15 +33,17 @@ impl Task {
         // Subscriptions go first, then whatever waited while offline.
         let frames = self.table.resubscribe(|| self.shared.next_id());
         let queued = std::mem::take(&mut self.out.queue);
-        for (id, filter, since) in frames {
+        for (id, filter, position) in frames {
             let key = filter.as_arc().clone();
-            debug!(topic = %filter, ?since, "subscribing again");
+            debug!(topic = %filter, ?position, "subscribing again");
             self.resubscribing.insert(id);
+            let (since, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
             self.push_request(
                 &Envelope::Subscribe {
                     id: Some(id),
                     topic: filter,
                     since,
+                    epoch: epoch.flatten(),
                 },
                 id,
                 Pending::Subscribe(key),

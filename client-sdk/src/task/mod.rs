@@ -308,6 +308,7 @@ impl Task {
                 topic,
                 payload,
                 offset,
+                epoch,
                 sub,
                 from,
             } => {
@@ -318,6 +319,7 @@ impl Task {
                     topic,
                     payload,
                     offset,
+                    epoch,
                     pattern: sub,
                     from,
                 };
@@ -330,11 +332,16 @@ impl Task {
                     self.send_unsubscribe(filter, None);
                 }
             }
-            Envelope::Ack { id, offset } => match self.out.inflight.remove(&id) {
+            Envelope::Ack { id, offset, epoch } => match self.out.inflight.remove(&id) {
                 Some(Pending::Publish(reply)) => {
                     let _ = reply.send(Ok(offset));
                 }
-                Some(Pending::Subscribe(key)) => self.on_subscribe_answer(&key, id, Ok(())),
+                Some(Pending::Subscribe(key)) => {
+                    if let Some(offset) = offset {
+                        self.table.positioned(&key, offset, epoch);
+                    }
+                    self.on_subscribe_answer(&key, id, Ok(()))
+                }
                 Some(Pending::Unsubscribe(reply)) => answer(reply, Ok(())),
                 Some(Pending::Refresh(token)) => {
                     debug!("token refreshed");
@@ -378,9 +385,19 @@ impl Task {
                     self.on_pong(pending);
                 }
             }
-            Envelope::Lagged { topic, missed } => {
-                warn!(%topic, missed, "the broker dropped messages for this subscription");
-                self.shared.emit(Event::Lagged { topic, missed });
+            Envelope::Lagged {
+                topic,
+                missed,
+                reset,
+            } => {
+                if reset {
+                    warn!(%topic, "the broker cannot resume this subscription where it was");
+                    self.shared.emit(Event::Reset { topic });
+                } else {
+                    let missed = missed.unwrap_or(0);
+                    warn!(%topic, missed, "the broker dropped messages for this subscription");
+                    self.shared.emit(Event::Lagged { topic, missed });
+                }
             }
             other => debug!(frame = other.type_name(), "unexpected frame; ignored"),
         }

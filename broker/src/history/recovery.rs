@@ -1,0 +1,107 @@
+//! What a subscription gets from its topic's history: the position its
+//! `ack` carries, whether the client's own position is void (a reset), and
+//! the replay, a cursor read a page at a time.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+
+use crate::delivery::Delivery;
+use crate::history::{HistoryStore, TopicHistory};
+
+/// Where a topic's history stands: what the `ack` of a subscribe carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The history's epoch.
+    pub(crate) epoch: Arc<str>,
+    /// Its latest offset (0: none yet).
+    pub(crate) offset: u64,
+}
+
+/// Where a resuming client says it is: `since` and, when it knows it, the
+/// epoch of `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resume {
+    pub(crate) since: u64,
+    pub(crate) epoch: Option<Arc<str>>,
+}
+
+impl Resume {
+    /// Whether this position is void where the history stands at
+    /// `position`: another epoch, or an offset it never gave.
+    pub(crate) fn is_void_at(&self, position: &Position) -> bool {
+        self.epoch.as_ref().is_some_and(|e| *e != position.epoch) || self.since > position.offset
+    }
+}
+
+/// What a subscription to a topic gets from its history: the position for
+/// the `ack`, whether the client's position was void, and the replay.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// Where the topic's history stands (`None`: the topic keeps none).
+    pub(crate) position: Option<Position>,
+    /// The client's position was void: it gets `lagged` with `reset`, then
+    /// everything retained.
+    pub(crate) reset: bool,
+    /// What to send before live messages.
+    pub(crate) replay: Option<Replay>,
+}
+
+/// What a subscriber with `since` gets before live messages: the topic's
+/// messages from offset `next` to `until` (the last one published before
+/// the subscription began), read from the history as they are sent.
+/// Messages that the history dropped meanwhile are reported as lost.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    history: Arc<Mutex<TopicHistory>>,
+    next: u64,
+    until: u64,
+}
+
+impl Replay {
+    /// The replay of what `history` holds after `since`; `None` when there
+    /// is nothing after it. Taken under the history's lock (`guard`), with
+    /// the subscription's live receiver.
+    pub(crate) fn after(
+        history: &Arc<Mutex<TopicHistory>>,
+        guard: &TopicHistory,
+        since: u64,
+    ) -> Option<Self> {
+        let until = guard.next_offset - 1;
+        (since < until).then(|| Replay {
+            history: history.clone(),
+            next: since + 1,
+            until,
+        })
+    }
+
+    /// Hands the next messages to `each`, in order, until `each` breaks
+    /// (after the message it breaks on) or the replay is over, which it
+    /// returns. Messages no longer retained are reported first, as one
+    /// `Err` with how many they are.
+    pub(crate) fn page(
+        &mut self,
+        mut each: impl FnMut(Result<&Arc<Delivery>, u64>) -> ControlFlow<()>,
+    ) -> bool {
+        let history = HistoryStore::lock(&self.history);
+        let first = history.first_offset();
+        if self.next < first {
+            let lost = first.min(self.until + 1) - self.next;
+            self.next += lost;
+            let _ = each(Err(lost));
+            if self.next > self.until {
+                return true;
+            }
+        }
+        let skip = (self.next - first) as usize;
+        for delivery in history.messages.iter().skip(skip) {
+            let Some(offset) = delivery.offset.filter(|&o| o <= self.until) else {
+                break;
+            };
+            self.next = offset + 1;
+            if each(Ok(delivery)).is_break() {
+                break;
+            }
+        }
+        self.next > self.until
+    }
+}
