@@ -11,7 +11,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{AuthConfigError, Verifier};
 use crate::config::Config;
-use crate::history::{HistoryBounds, HistoryPolicy, HistoryStore, Position, Recovery, Resume};
+use crate::history::{
+    Excerpt, HistoryBounds, HistoryPolicy, HistoryStore, Position, Recovery, Resume,
+};
 use crate::metrics::{Metrics, Source};
 use crate::origin::{OriginPolicy, OriginRuleError};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
@@ -288,6 +290,16 @@ impl Broker {
     /// Where the history of the topic `filter` stands.
     pub(crate) fn position(&self, filter: &Filter) -> Option<Position> {
         self.shared.relay.position(filter)
+    }
+
+    /// Up to `limit` retained messages of `topic` (see [`Relay::history`]).
+    pub(crate) fn history(
+        &self,
+        topic: &Topic,
+        from: Option<&Resume>,
+        limit: usize,
+    ) -> Option<Excerpt> {
+        self.shared.relay.history(topic, from, limit)
     }
 
     /// Removes one subscriber of `filter`.

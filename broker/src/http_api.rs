@@ -1,6 +1,7 @@
 //! The HTTP API on the broker's port: the router and its handlers.
 //!
-//! `/healthz`, `/metrics`, `POST /api/publish`, the demo's files, and `/ws`
+//! `/healthz`, `/metrics`, `POST /api/publish`, `GET /api/history`, the
+//! demo's files, and `/ws`
 //! for the upgrades that reach hyper rather than the first-request path of
 //! [`crate::handshake`] (which admits them through the same function).
 
@@ -16,15 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hyper::upgrade::Parts;
 use hyper_util::rt::TokioIo;
-use starling_protocol::http::{ErrorBody, Health, PublishRequest};
-use starling_protocol::{ErrorCode, HttpErrorCode};
+use starling_protocol::http::{ErrorBody, Health, HistoryMessage, HistoryPage, PublishRequest};
+use starling_protocol::{ErrorCode, HttpErrorCode, Topic};
 use subtle::ConstantTimeEq;
 use tracing::{debug, warn};
 
 use crate::assets;
 use crate::broker::Broker;
 use crate::handshake::{self, Refusal};
-use crate::history::Position;
+use crate::history::{Position, Resume};
 use crate::metrics::Source;
 use crate::prefixed::Prefixed;
 use crate::rate::{RateLimiter, Verdict};
@@ -67,6 +68,7 @@ pub(crate) fn router(broker: Broker) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/publish", post(publish))
+        .route("/api/history", get(history))
         .route("/", get(assets::index))
         .route("/{*path}", get(assets::asset))
         .method_not_allowed_fallback(|| async {
@@ -206,6 +208,24 @@ fn api_refusal(broker: &Broker, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// What every `/api/...` request passes first: the API key (see
+/// [`api_refusal`]), then the connection's `--rate-limit` (429).
+fn api_gate(broker: &Broker, request: &Request) -> Option<Response> {
+    if let Some(refused) = api_refusal(broker, request.headers()) {
+        return Some(refused);
+    }
+    if let Some(limit) = request.extensions().get::<HttpRateLimit>()
+        && !limit.allows()
+    {
+        return Some(protocol_error(
+            broker,
+            ErrorCode::RateLimited,
+            "over --rate-limit requests per second on this connection",
+        ));
+    }
+    None
+}
+
 /// Whether the request's body is declared `application/json` (any
 /// parameters, such as a charset, allowed).
 fn is_json(headers: &HeaderMap) -> bool {
@@ -237,17 +257,8 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `POST /api/publish`: publish from a backend without a WebSocket.
 async fn publish(State(broker): State<Broker>, request: Request) -> Response {
-    if let Some(refused) = api_refusal(&broker, request.headers()) {
+    if let Some(refused) = api_gate(&broker, &request) {
         return refused;
-    }
-    if let Some(limit) = request.extensions().get::<HttpRateLimit>()
-        && !limit.allows()
-    {
-        return protocol_error(
-            &broker,
-            ErrorCode::RateLimited,
-            "over --rate-limit publishes per second on this connection",
-        );
     }
     if !is_json(request.headers()) {
         // A cross-site form or `no-cors` fetch cannot send this type.
@@ -296,5 +307,137 @@ async fn publish(State(broker): State<Broker>, request: Request) -> Response {
             None => json_response(StatusCode::ACCEPTED, "{}".to_owned()),
         },
         Err(error) => protocol_error(&broker, error.code(), error.to_string()),
+    }
+}
+
+/// How many messages `GET /api/history` returns unless told.
+const HISTORY_LIMIT: usize = 100;
+
+/// The most messages one `GET /api/history` returns.
+const HISTORY_MAX_LIMIT: usize = 1_000;
+
+/// The parameters of `GET /api/history`.
+#[derive(Debug, PartialEq)]
+struct HistoryQuery {
+    topic: Topic,
+    from: Option<Resume>,
+    limit: usize,
+}
+
+impl HistoryQuery {
+    /// Reads `topic`, `since`, `epoch` and `limit` from a query string
+    /// (others are ignored); errors are the code and message to answer with.
+    fn parse(query: &str) -> Result<Self, (ErrorCode, String)> {
+        let (mut topic, mut since, mut epoch, mut limit) = (None, None, None, None);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "topic" => topic = Some(value.into_owned()),
+                "since" => since = Some(value.into_owned()),
+                "epoch" => epoch = Some(value.into_owned()),
+                "limit" => limit = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        let bad = |message: String| (ErrorCode::BadFrame, message);
+        let topic = topic.ok_or_else(|| bad("missing parameter `topic`".into()))?;
+        let topic = Topic::new(&topic).map_err(|error| {
+            (
+                ErrorCode::InvalidTopic,
+                format!(
+                    "{topic:?} is not a topic (history is per topic, not per pattern): {error}"
+                ),
+            )
+        })?;
+        let since = since
+            .map(|since| {
+                since
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("`since` must be an offset, not {since:?}")))
+            })
+            .transpose()?;
+        let limit = match limit {
+            None => HISTORY_LIMIT,
+            Some(limit) => limit
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=HISTORY_MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "`limit` must be 1 to {HISTORY_MAX_LIMIT}, not {limit:?}"
+                    ))
+                })?,
+        };
+        Ok(HistoryQuery {
+            topic,
+            from: since.map(|since| Resume {
+                since,
+                epoch: epoch.map(Into::into),
+            }),
+            limit,
+        })
+    }
+}
+
+/// `GET /api/history?topic=T&since=K&epoch=E&limit=L`: a topic's retained
+/// messages for a backend, without a WebSocket.
+async fn history(State(broker): State<Broker>, request: Request) -> Response {
+    if let Some(refused) = api_gate(&broker, &request) {
+        return refused;
+    }
+    let query = match HistoryQuery::parse(request.uri().query().unwrap_or("")) {
+        Ok(query) => query,
+        Err((code, message)) => return protocol_error(&broker, code, message),
+    };
+    let Some(excerpt) = broker.history(&query.topic, query.from.as_ref(), query.limit) else {
+        return http_error(
+            HttpErrorCode::NotFound,
+            format!("topic {} keeps no history", query.topic),
+        );
+    };
+    let page = HistoryPage {
+        topic: query.topic,
+        epoch: excerpt.position.epoch,
+        offset: excerpt.position.offset,
+        reset: excerpt.reset,
+        missed: excerpt.missed,
+        messages: excerpt
+            .messages
+            .iter()
+            .map(|delivery| HistoryMessage {
+                offset: delivery.offset.unwrap_or_default(),
+                payload: delivery.payload.clone(),
+                from: delivery.from.clone(),
+            })
+            .collect(),
+    };
+    json_response(StatusCode::OK, starling_protocol::http::to_json(&page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_queries_are_read_strictly() {
+        let query = HistoryQuery::parse("topic=chat.room&since=41&epoch=k3x9&limit=5&x=1").unwrap();
+        assert_eq!(
+            query,
+            HistoryQuery {
+                topic: Topic::new("chat.room").unwrap(),
+                from: Some(Resume {
+                    since: 41,
+                    epoch: Some("k3x9".into())
+                }),
+                limit: 5,
+            }
+        );
+        let query = HistoryQuery::parse("topic=chat.room").unwrap();
+        assert_eq!((query.from, query.limit), (None, HISTORY_LIMIT));
+        let code = |q: &str| HistoryQuery::parse(q).unwrap_err().0;
+        assert_eq!(code(""), ErrorCode::BadFrame);
+        assert_eq!(code("topic=chat.*"), ErrorCode::InvalidTopic);
+        assert_eq!(code("topic=a&since=-1"), ErrorCode::BadFrame);
+        assert_eq!(code("topic=a&limit=0"), ErrorCode::BadFrame);
+        assert_eq!(code("topic=a&limit=1001"), ErrorCode::BadFrame);
     }
 }

@@ -1,6 +1,8 @@
-//! The JSON bodies of the HTTP API (`POST /api/publish` and error answers).
+//! The JSON bodies of the HTTP API (`POST /api/publish`, `GET
+//! /api/history` and error answers).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +114,40 @@ pub struct Health {
     pub cluster: Cow<'static, str>,
 }
 
+/// The body of `GET /api/history`: a page of a topic's retained messages,
+/// oldest first, and where the topic's history stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The topic.
+    pub topic: Topic,
+    /// The history's epoch.
+    pub epoch: Arc<str>,
+    /// The topic's latest offset (0: none yet).
+    pub offset: u64,
+    /// The `since` and `epoch` asked for were void there (another epoch, or
+    /// an offset beyond the latest): the page starts at the oldest retained
+    /// message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    /// How many messages after `since` are no longer retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+    /// The messages, oldest first.
+    pub messages: Vec<HistoryMessage>,
+}
+
+/// One message of a [`HistoryPage`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    /// Its offset.
+    pub offset: u64,
+    /// The payload as published.
+    pub payload: Payload,
+    /// The publisher's identity, when auth was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Arc<str>>,
+}
+
 /// Encodes any serializable value as a JSON body (for the broker's small
 /// HTTP answers, such as `/healthz`).
 pub fn to_json<T: Serialize>(value: &T) -> String {
@@ -136,6 +172,28 @@ mod tests {
         let ok = PublishRequest::from_json(b"{\"topic\":\"a\",\"payload\":null}").unwrap();
         assert_eq!(ok.payload.to_json_string(), "null");
         assert_eq!(ok.to_json(), "{\"topic\":\"a\",\"payload\":null}");
+    }
+
+    #[test]
+    fn history_pages_round_trip() {
+        let page = HistoryPage {
+            topic: Topic::new("chat.room").unwrap(),
+            epoch: "k3x9q2ab".into(),
+            offset: 42,
+            reset: false,
+            missed: Some(2),
+            messages: vec![HistoryMessage {
+                offset: 41,
+                payload: Payload::from_json(r#"{"text":"hi"}"#).unwrap(),
+                from: None,
+            }],
+        };
+        let json = to_json(&page);
+        assert_eq!(
+            json,
+            r#"{"topic":"chat.room","epoch":"k3x9q2ab","offset":42,"missed":2,"messages":[{"offset":41,"payload":{"text":"hi"}}]}"#
+        );
+        assert_eq!(serde_json::from_str::<HistoryPage>(&json).unwrap(), page);
     }
 
     #[test]

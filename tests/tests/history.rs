@@ -1,5 +1,6 @@
 //! Topic history: offsets, `since` replay with no gap and no duplicate.
 
+use starling_protocol::http::HistoryPage;
 use starling_protocol::{Envelope, Filter, Payload, Topic};
 use starling_tests::{TestBroker, http_post};
 
@@ -294,5 +295,92 @@ async fn an_idle_history_expires_after_its_ttl() {
     let message = client.recv().await;
     assert_eq!(offset_of(&message), 1, "offsets start again");
     assert!(matches!(&message, Envelope::Message { epoch: Some(e), .. } if *e != epoch));
+    broker.stop().await;
+}
+
+/// `GET /api/history`: what a chat backend loads without a WebSocket.
+#[tokio::test]
+async fn the_history_api_pages_through_what_is_retained() {
+    let broker = TestBroker::with_config(|c| {
+        c.history = 3;
+        c.history_prefixes = vec![("nohist.".into(), 0)];
+        c.api_key = Some("backend-key".into());
+    })
+    .await;
+    let base = format!("{}/api/history", broker.http_url());
+    let get = |query: &str| {
+        let url = format!("{base}?{query}");
+        async move {
+            let answer = starling_tests::http_request_with(
+                "GET",
+                &url,
+                &[("authorization", "Bearer backend-key")],
+                None,
+            )
+            .await;
+            (answer.status, answer.body)
+        }
+    };
+    let page = |body: &str| -> HistoryPage {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let offsets = |page: &HistoryPage| page.messages.iter().map(|m| m.offset).collect::<Vec<_>>();
+
+    // No message yet: offset 0 and the epoch the first message will get.
+    let (status, body) = get("topic=chat.room").await;
+    assert_eq!(status, 200, "{body}");
+    let empty = page(&body);
+    assert_eq!((empty.offset, empty.messages.len()), (0, 0));
+
+    let mut publisher = broker.json().await;
+    for i in 1..=5 {
+        publisher
+            .publish("chat.room", &format!("{{\"n\":{i}}}"))
+            .await;
+    }
+    // The latest `limit` messages, oldest first.
+    let latest = page(&get("topic=chat.room&limit=2").await.1);
+    assert_eq!((latest.offset, offsets(&latest)), (5, vec![4, 5]));
+    assert_eq!(latest.epoch, empty.epoch);
+    assert_eq!(latest.messages[1].payload.to_json_string(), r#"{"n":5}"#);
+    // After a position: 1 and 2 are gone (history 3), said as `missed`.
+    let after = page(&get("topic=chat.room&since=0").await.1);
+    assert_eq!((after.missed, offsets(&after)), (Some(2), vec![3, 4, 5]));
+    let epoch = &latest.epoch;
+    let next = page(
+        &get(&format!("topic=chat.room&since=3&epoch={epoch}&limit=1"))
+            .await
+            .1,
+    );
+    assert_eq!(
+        (next.missed, next.reset, offsets(&next)),
+        (None, false, vec![4])
+    );
+    // Another epoch, or an offset never given: reset, from the oldest.
+    for query in ["since=3&epoch=other", "since=9"] {
+        let reset = page(&get(&format!("topic=chat.room&{query}")).await.1);
+        assert!(reset.reset, "{query}");
+        assert_eq!(offsets(&reset), vec![3, 4, 5], "{query}");
+    }
+
+    // Errors: clear codes and JSON bodies.
+    let code = |body: &str| starling_tests::json_str(body, "code");
+    let (status, body) = get("topic=nohist.x").await;
+    assert_eq!((status, code(&body).as_str()), (404, "not_found"), "{body}");
+    let (status, body) = get("topic=chat.*").await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "invalid_topic"),
+        "{body}"
+    );
+    let (status, body) = get("topic=chat.room&limit=5000").await;
+    assert_eq!((status, code(&body).as_str()), (400, "bad_frame"), "{body}");
+    let answer =
+        starling_tests::http_request("GET", &format!("{base}?topic=chat.room"), None).await;
+    assert_eq!(
+        answer.status, 401,
+        "the API key is required: {}",
+        answer.body
+    );
     broker.stop().await;
 }

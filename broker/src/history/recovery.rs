@@ -5,6 +5,8 @@
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
+use starling_protocol::Topic;
+
 use crate::delivery::Delivery;
 use crate::history::{HistoryStore, TopicHistory};
 
@@ -103,5 +105,68 @@ impl Replay {
             }
         }
         self.next > self.until
+    }
+}
+
+/// A page of a topic's history, read without subscribing (`GET
+/// /api/history`).
+#[derive(Debug)]
+pub(crate) struct Excerpt {
+    /// Where the topic's history stands.
+    pub(crate) position: Position,
+    /// The position asked for was void: the page starts at the oldest
+    /// retained message.
+    pub(crate) reset: bool,
+    /// Messages after the position asked for that are no longer retained.
+    pub(crate) missed: Option<u64>,
+    /// The messages, oldest first.
+    pub(crate) messages: Vec<Arc<Delivery>>,
+}
+
+impl HistoryStore {
+    /// Up to `limit` retained messages of `topic`: the latest ones, or with
+    /// `from`, the first ones after its position (from the oldest retained
+    /// when that position is void). `None` when the topic keeps no history.
+    pub(crate) fn read(
+        &self,
+        topic: &Topic,
+        from: Option<&Resume>,
+        limit: usize,
+    ) -> Option<Excerpt> {
+        let position = self.position(topic)?;
+        let Some(history) = self.get(topic) else {
+            return Some(Excerpt {
+                reset: from.is_some_and(|r| r.is_void_at(&position)),
+                position,
+                missed: None,
+                messages: Vec::new(),
+            });
+        };
+        let guard = Self::lock(&history);
+        // Where the history stands now (it may have moved since `position`).
+        let position = guard.position();
+        let first = guard.first_offset();
+        let (reset, missed, skip) = match from {
+            None => (false, 0, guard.messages.len().saturating_sub(limit)),
+            Some(from) if from.is_void_at(&position) => (true, 0, 0),
+            Some(from) => {
+                let wanted = from.since + 1;
+                let skip = wanted.saturating_sub(first) as usize;
+                (false, first.saturating_sub(wanted), skip)
+            }
+        };
+        let messages = guard
+            .messages
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect();
+        Some(Excerpt {
+            position,
+            reset,
+            missed: (missed > 0).then_some(missed),
+            messages,
+        })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use starling_protocol::{Filter, Payload, Topic};
 
 use crate::delivery::Delivery;
-use crate::history::{HistoryStore, Position, Recovery, Resume};
+use crate::history::{Excerpt, HistoryStore, Position, Recovery, Resume};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::{Published, Relay};
 
@@ -70,6 +70,10 @@ impl Relay for MemoryRelay {
 
     fn position(&self, filter: &Filter) -> Option<Position> {
         self.history.position(&filter.as_topic()?)
+    }
+
+    fn history(&self, topic: &Topic, from: Option<&Resume>, limit: usize) -> Option<Excerpt> {
+        self.history.read(topic, from, limit)
     }
 
     fn start(&self) {

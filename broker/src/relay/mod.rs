@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use starling_protocol::{Filter, Payload, Topic};
 
-use crate::history::{Position, Recovery, Resume};
+use crate::history::{Excerpt, Position, Recovery, Resume};
 use crate::registry::DeliveryReceiver;
 
 pub(crate) mod link;
@@ -139,6 +139,16 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
     /// or a topic that keeps no history).
     fn position(&self, filter: &Filter) -> Option<Position> {
         let _ = filter;
+        None
+    }
+
+    /// Up to `limit` retained messages of `topic`: the latest, or with
+    /// `from`, the first after that position (see [`HistoryStore::read`]).
+    /// `None` when the topic keeps no history.
+    ///
+    /// [`HistoryStore::read`]: crate::history::HistoryStore::read
+    fn history(&self, topic: &Topic, from: Option<&Resume>, limit: usize) -> Option<Excerpt> {
+        let _ = (topic, from, limit);
         None
     }
 
