@@ -12,8 +12,8 @@ use starling_protocol::Codec;
 #[command(
     name = "starling-bench",
     version,
-    about = "Load generator for a Starling broker: fan-out, saturation, many topics, idle connections",
-    long_about = "Load generator for a Starling broker: fan-out, saturation, many topics, idle connections.\n\n\
+    about = "Load generator for a Starling broker: fan-out, saturation, many topics, idle connections, soak",
+    long_about = "Load generator for a Starling broker: fan-out, saturation, many topics, idle connections, soak.\n\n\
                   Run it against your own deployment, preferably with the broker and the bench pinned \
                   to different cores (taskset), and pass --broker-pid to see the broker's CPU and memory."
 )]
@@ -37,6 +37,10 @@ pub(crate) enum Scenario {
     /// Many idle connections, each subscribed to one topic: connection cost
     /// and broker memory per connection.
     Idle(IdleArgs),
+    /// A hostile crowd for a bounded time (churning connections, slow and
+    /// stalled readers, flooders, replay requests that are never read) while
+    /// a bystander checks that it loses nothing; the broker's memory over time.
+    Soak(SoakArgs),
 }
 
 impl Scenario {
@@ -47,6 +51,7 @@ impl Scenario {
             Scenario::Saturate(_) => "saturate",
             Scenario::Topics(_) => "topics",
             Scenario::Idle(_) => "idle",
+            Scenario::Soak(_) => "soak",
         }
     }
 }
@@ -242,6 +247,62 @@ pub(crate) struct IdleArgs {
     pub(crate) hold: Duration,
 }
 
+/// `soak`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SoakArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Seconds of load; then everything stops and closes.
+    #[arg(long, default_value = "60", value_parser = parse_positive_secs)]
+    pub(crate) duration: Duration,
+    /// Seconds between two samples of the broker's resident memory in the
+    /// series.
+    #[arg(long, default_value = "5", value_parser = parse_positive_secs)]
+    pub(crate) sample_interval: Duration,
+    /// Connections that connect, subscribe (a pattern too), publish a few
+    /// small messages and close (cleanly or by dropping the socket), over
+    /// and over.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) churners: u32,
+    /// Milliseconds a churner waits between two connections.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) churn_pause_ms: u64,
+    /// Subscribers of the flood topic that read one frame every
+    /// --read-every-ms.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) slow_readers: u32,
+    /// Milliseconds a slow reader waits between two frames.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) read_every_ms: u64,
+    /// Subscribers of the flood topic that never read their socket; when the
+    /// broker drops them they connect and stall again.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) stalled_readers: u32,
+    /// Publishers to the flood topic, as fast as the broker acks.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) flooders: u32,
+    /// Publishes each flooder keeps unacknowledged.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) flood_in_flight: u32,
+    /// Encoded size of the flood and history payloads, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub(crate) payload_bytes: usize,
+    /// Connections that send subscribe (since 0) and unsubscribe pairs for
+    /// the history topic and never read (needs a broker with --history).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) replayers: u32,
+    /// Milliseconds a replayer waits after each subscribe and each
+    /// unsubscribe.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) replay_pause_ms: u64,
+    /// Messages per second published to the history topic (0: none).
+    #[arg(long, default_value_t = 20.0, value_parser = parse_rate_or_zero)]
+    pub(crate) history_rate: f64,
+    /// Messages per second the bystander publishes to its own topic.
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
+    pub(crate) bystander_rate: f64,
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -270,6 +331,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         ));
     }
     Ok(rate)
+}
+
+fn parse_rate_or_zero(s: &str) -> Result<f64, String> {
+    if s.parse::<f64>() == Ok(0.0) {
+        return Ok(0.0);
+    }
+    parse_rate(s)
 }
 
 #[cfg(test)]
@@ -366,10 +434,99 @@ mod tests {
     }
 
     #[test]
+    fn soak_has_defaults_for_a_long_run() {
+        let cli = Cli::parse_from([
+            "starling-bench",
+            "soak",
+            "--duration",
+            "600",
+            "--broker-pid",
+            "42",
+        ]);
+        let Scenario::Soak(args) = cli.scenario else {
+            panic!("soak parses as soak")
+        };
+        assert_eq!(args.duration, Duration::from_secs(600));
+        assert_eq!(args.sample_interval, Duration::from_secs(5));
+        assert_eq!(args.common.broker_pid, Some(42));
+        assert_eq!(
+            (args.churners, args.slow_readers, args.stalled_readers),
+            (16, 8, 8)
+        );
+        assert_eq!(
+            (args.flooders, args.flood_in_flight, args.replayers),
+            (2, 8, 4)
+        );
+        assert_eq!(args.payload_bytes, 65_536);
+        assert_eq!(args.read_every_ms, 20);
+        assert_eq!(args.history_rate, 20.0);
+        assert_eq!(args.bystander_rate, 100.0);
+        // Without --duration: one minute.
+        let Scenario::Soak(args) = Cli::parse_from(["starling-bench", "soak"]).scenario else {
+            panic!("soak parses as soak")
+        };
+        assert_eq!(args.duration, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn soak_takes_every_role_count_and_zero_of_any() {
+        let cli = Cli::parse_from([
+            "starling-bench",
+            "soak",
+            "--churners",
+            "0",
+            "--slow-readers",
+            "3",
+            "--read-every-ms",
+            "5",
+            "--stalled-readers",
+            "2",
+            "--flooders",
+            "1",
+            "--flood-in-flight",
+            "4",
+            "--payload-bytes",
+            "1024",
+            "--replayers",
+            "0",
+            "--history-rate",
+            "0",
+            "--bystander-rate",
+            "250",
+            "--sample-interval",
+            "0.5",
+        ]);
+        let Scenario::Soak(args) = cli.scenario else {
+            panic!("soak parses as soak")
+        };
+        assert_eq!((args.churners, args.slow_readers), (0, 3));
+        assert_eq!(
+            (args.stalled_readers, args.flooders, args.replayers),
+            (2, 1, 0)
+        );
+        assert_eq!((args.read_every_ms, args.flood_in_flight), (5, 4));
+        assert_eq!(args.payload_bytes, 1024);
+        assert_eq!((args.history_rate, args.bystander_rate), (0.0, 250.0));
+        assert_eq!(args.sample_interval, Duration::from_millis(500));
+        for bad in [
+            ["--read-every-ms", "0"],
+            ["--flood-in-flight", "0"],
+            ["--bystander-rate", "0"],
+            ["--sample-interval", "0"],
+        ] {
+            let mut argv = vec!["starling-bench", "soak"];
+            argv.extend_from_slice(&bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_positive_secs("0").is_err());
         assert!(parse_secs("-1").is_err());
+        assert_eq!(parse_rate_or_zero("0"), Ok(0.0));
+        assert!(parse_rate_or_zero("-1").is_err());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The subscriber connections are all read by one epoll loop on one OS
 //! thread, the publishers run on another, and the main thread steers the
-//! phases and samples the broker's /proc entries. See `bench/README.md`.
+//! phases and samples the broker's /proc entries; `soak` runs its crowd as
+//! tokio tasks instead. See `bench/README.md`.
 
 mod cli;
 mod frame;
@@ -13,6 +14,7 @@ mod reader;
 mod report;
 mod scan;
 mod scenarios;
+mod soak;
 mod socket;
 mod stats;
 mod subscribers;
@@ -29,11 +31,21 @@ fn main() -> anyhow::Result<()> {
         cli::Scenario::Saturate(a) => a.common.json,
         cli::Scenario::Topics(a) => a.common.json,
         cli::Scenario::Idle(a) => a.common.json,
+        cli::Scenario::Soak(a) => a.common.json,
     };
-    let summary = scenarios::run(&cli.scenario)?;
-    print!("{}", summary.table());
+    let (table, summary) = match &cli.scenario {
+        cli::Scenario::Soak(a) => {
+            let summary = soak::run(a)?;
+            (summary.table(), summary.json())
+        }
+        other => {
+            let summary = scenarios::run(other)?;
+            (summary.table(), summary.json())
+        }
+    };
+    print!("{table}");
     if json {
-        println!("{}", summary.json());
+        println!("{summary}");
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ impl BrokerFigures {
     }
 }
 
-fn codec_name(codec: Codec) -> &'static str {
+pub(crate) fn codec_name(codec: Codec) -> &'static str {
     match codec {
         Codec::Json => "json",
         Codec::MsgPack => "msgpack",
@@ -311,15 +311,7 @@ impl Summary {
             row("bench CPU", format!("{c:.1} % of one core"));
         }
 
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let mut out = format!("starling-bench {} -> {}\n", self.scenario, self.url);
-        for (k, v) in &rows {
-            writeln!(out, "  {k:<width$}  {v}").expect("writing to a String cannot fail");
-        }
-        for note in &self.notes {
-            writeln!(out, "  note: {note}").expect("writing to a String cannot fail");
-        }
-        out
+        render(self.scenario, &self.url, &rows, &self.notes)
     }
 
     /// The JSON summary, one object.
@@ -405,6 +397,25 @@ impl Summary {
         }
         v
     }
+}
+
+/// A report as people read it: a title line, the rows with their values
+/// aligned, then the notes.
+pub(crate) fn render(
+    scenario: &str,
+    url: &str,
+    rows: &[(String, String)],
+    notes: &[String],
+) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = format!("starling-bench {scenario} -> {url}\n");
+    for (k, v) in rows {
+        writeln!(out, "  {k:<width$}  {v}").expect("writing to a String cannot fail");
+    }
+    for note in notes {
+        writeln!(out, "  note: {note}").expect("writing to a String cannot fail");
+    }
+    out
 }
 
 fn refused(t: &Tally) -> String {

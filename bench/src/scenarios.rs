@@ -56,6 +56,7 @@ pub(crate) fn run(scenario: &Scenario) -> Result<Summary> {
             subs: &a.subs,
         }),
         Scenario::Idle(a) => run_idle(name, a),
+        Scenario::Soak(_) => bail!("soak has a runner of its own (soak::run)"),
     }
 }
 
