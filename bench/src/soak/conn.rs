@@ -110,14 +110,14 @@ pub(crate) fn count(codec: Codec, read: Option<Result<Message, WsError>>, c: &mu
             c.messages += 1;
             Seen::Message
         }
-        Ok(Envelope::Ack { id, offset }) => {
+        Ok(Envelope::Ack { id, offset, .. }) => {
             c.acks += 1;
             c.acks_with_offset += u64::from(offset.is_some());
             Seen::Ack { id, offset }
         }
         Ok(Envelope::Lagged { missed, .. }) => {
             c.lagged_frames += 1;
-            c.missed += missed;
+            c.missed += missed.unwrap_or(0);
             Seen::Other
         }
         Ok(Envelope::Error { id, code, .. }) => {

@@ -139,6 +139,7 @@ pub(crate) async fn replayer(plan: Arc<Plan>, counts: Shared, mut stop: Stop) {
                         id: Some(id),
                         topic: topic.clone(),
                         since: Some(0),
+                        epoch: None,
                     }
                 } else {
                     Envelope::Unsubscribe {
