@@ -176,6 +176,11 @@ function onLagged(topic, missed) {
   if (topic === chat.topic) systemNote(`${missed} message(s) were missed: this page fell behind`);
 }
 
+/** The broker could not resume the room from where this page was (it restarted, say). */
+function onReset(topic) {
+  if (topic === chat.topic) systemNote("Some messages may be missing");
+}
+
 // ---------------------------------------------------------------------- chat
 
 const chat = {
@@ -634,6 +639,7 @@ function init() {
     onState: showState,
     onError: onClientError,
     onLagged,
+    onReset,
     ...(token ? { token } : {}),
   });
   $("endpoint").textContent = client.url;

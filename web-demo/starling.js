@@ -101,9 +101,11 @@ export class StarlingClient {
   /**
    * @param {string} [url] `ws://host:port/ws` (default: this page's host).
    * @param {object} [options] callbacks `onState(state, info)`, `onError(err)`,
-   *   `onLagged(topic, missed)`, `onWelcome(welcome)`; timings `minDelay`,
-   *   `maxDelay`, `pingInterval`, `pingTimeout`, `requestTimeout`,
-   *   `connectTimeout` (ms);
+   *   `onLagged(topic, missed)`, `onReset(topic)` (the subscription's place
+   *   in the topic's history was void, say after a broker restart: messages
+   *   may be missing; everything retained follows), `onWelcome(welcome)`;
+   *   timings `minDelay`, `maxDelay`, `pingInterval`, `pingTimeout`,
+   *   `requestTimeout`, `connectTimeout` (ms);
    *   `maxQueue`; `WebSocket` (an implementation, for Node or tests);
    *   `token` (a JWT) or `getToken()` (returns a JWT or a Promise of one;
    *   called before every connect and shortly before the token expires,
@@ -115,6 +117,7 @@ export class StarlingClient {
     this.onState = options.onState || noop;
     this.onError = options.onError || ((err) => console.warn("starling:", err.code, err.message));
     this.onLagged = options.onLagged || noop;
+    this.onReset = options.onReset || noop;
     this.onWelcome = options.onWelcome || noop;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
     this.getToken = options.getToken || null;
@@ -130,7 +133,7 @@ export class StarlingClient {
 
     this._ws = null;
     this._nextId = 1;
-    this._subs = new Map(); // topic or pattern -> { handlers:Set, since, ready }
+    this._subs = new Map(); // topic or pattern -> { handlers:Set, position, ready }
     this._pending = new Map(); // id -> { resolve, reject, timer, kind, topic }
     this._queue = []; // frames (objects) waiting for a connection
     this._retryTimer = null;
@@ -163,17 +166,25 @@ export class StarlingClient {
 
   /**
    * Subscribes `handler(msg)` to `topic` (a topic or a pattern such as
-   * `metrics.>`); `msg` is `{ topic, payload, offset, sub }`. Returns a
-   * function that unsubscribes this handler; its `ready` property is a
-   * Promise that resolves when the broker acknowledged the subscription
+   * `metrics.>`); `msg` is `{ topic, payload, offset, epoch, sub, from }`.
+   * Returns a function that unsubscribes this handler; its `ready` property
+   * is a Promise that resolves when the broker acknowledged the subscription
    * (rejects with a StarlingError, also passed to `onError`, when refused).
-   * `since`: replay retained messages with offset greater than it first.
+   * `since` (with the `epoch` of that offset, when known): replay retained
+   * messages with offset greater than it first; topics only, as offsets
+   * belong to a topic. Both apply when the first handler of `topic`
+   * subscribes; after that the client resumes from its own position.
    */
-  subscribe(topic, handler, { since } = {}) {
+  subscribe(topic, handler, { since, epoch } = {}) {
     if (typeof handler !== "function") throw new TypeError("subscribe needs a handler function");
     let sub = this._subs.get(topic);
     if (!sub) {
-      sub = { topic, handlers: new Set(), since: since ?? undefined, acked: false };
+      // Where the subscription stands in the topic's history, sent as
+      // `since` and `epoch` by every (re)subscribe: the one given, or else
+      // none until the ack names the topic's latest.
+      const resume = typeof since === "number" && !isPattern(topic);
+      const position = resume ? { offset: since, epoch: epoch ?? undefined } : undefined;
+      sub = { topic, handlers: new Set(), position, acked: false };
       sub.ready = new Promise((resolve, reject) => {
         sub.resolve = resolve;
         sub.reject = reject;
@@ -343,19 +354,17 @@ export class StarlingClient {
       case "message":
         return this._onMessage(frame);
       case "ack":
-        return this._settle(frame.id, (p) => p.resolve(frame.offset ?? undefined));
+        // A subscribe's ack positions it; a publish's resolves with its offset.
+        return this._settle(frame.id, (p) =>
+          p.resolve(p.kind === "subscribe" ? frame : (frame.offset ?? undefined)),
+        );
       case "pong":
         if (frame.id !== undefined) this._settle(frame.id, (p) => p.resolve());
         return;
       case "error":
         return this._onErrorFrame(frame);
       case "lagged":
-        try {
-          this.onLagged(frame.topic, frame.missed);
-        } catch (err) {
-          console.error("starling: onLagged threw", err);
-        }
-        return;
+        return this._onLagged(frame);
       default:
         return; // unknown frame types are ignored (newer brokers)
     }
@@ -389,11 +398,14 @@ export class StarlingClient {
     const key = frame.sub ?? frame.topic;
     const sub = this._subs.get(key);
     if (!sub) return;
-    if (typeof frame.offset === "number" && !isPattern(sub.topic)) sub.since = frame.offset;
+    if (typeof frame.offset === "number" && !isPattern(sub.topic)) {
+      sub.position = { offset: frame.offset, epoch: frame.epoch ?? sub.position?.epoch };
+    }
     const msg = {
       topic: frame.topic,
       payload: frame.payload,
       offset: frame.offset,
+      epoch: frame.epoch,
       sub: frame.sub,
       from: frame.from,
     };
@@ -403,6 +415,43 @@ export class StarlingClient {
       } catch (err) {
         console.error("starling: handler for", key, "threw", err);
       }
+    }
+  }
+
+  /**
+   * `lagged`: messages were dropped for a subscription (`missed` of them),
+   * or its position was void (`reset`: how many were lost is unknown).
+   */
+  _onLagged(frame) {
+    const reset = frame.reset === true;
+    try {
+      if (reset) this.onReset(frame.topic);
+      else this.onLagged(frame.topic, frame.missed);
+    } catch (err) {
+      console.error(`starling: ${reset ? "onReset" : "onLagged"} threw`, err);
+    }
+  }
+
+  /**
+   * The ack of a subscribe to a topic with history names the topic's latest
+   * offset and its epoch. A new subscription starts there. One whose
+   * position the broker cannot honour (another epoch, or an offset beyond
+   * the latest: the broker answers with a reset and replays everything
+   * retained) starts over at 0 in the ack's epoch. Otherwise the position
+   * stays (the replay that follows moves it); a position without an epoch
+   * (a `since` given alone) is checked on its offset only, as the broker
+   * does, and takes the ack's epoch.
+   */
+  _positioned(sub, ack) {
+    if (typeof ack.offset !== "number" || isPattern(sub.topic)) return;
+    const epoch = ack.epoch ?? undefined;
+    const mine = sub.position;
+    if (!mine) {
+      sub.position = { offset: ack.offset, epoch };
+    } else if (mine.offset > ack.offset || (mine.epoch !== undefined && mine.epoch !== epoch)) {
+      sub.position = { offset: 0, epoch };
+    } else {
+      sub.position = { offset: mine.offset, epoch };
     }
   }
 
@@ -434,10 +483,15 @@ export class StarlingClient {
   _sendSubscribe(sub) {
     const id = this._nextId++;
     const frame = { type: "subscribe", id, topic: sub.topic };
-    if (sub.since !== undefined && sub.since !== null) frame.since = sub.since;
+    const position = isPattern(sub.topic) ? undefined : sub.position;
+    if (position) {
+      frame.since = position.offset;
+      if (position.epoch !== undefined) frame.epoch = position.epoch;
+    }
     const pending = {
       kind: "subscribe",
-      resolve: () => {
+      resolve: (ack) => {
+        this._positioned(sub, ack);
         sub.acked = true;
         sub.resolve();
       },

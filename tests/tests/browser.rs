@@ -1,8 +1,9 @@
 //! The demo page (`web-demo/`) in real headless Chromium, driven through
 //! chromedriver with fantoccini: chat between two pages and from Rust, HTML
 //! in messages shown as text, live dashboard charts, recovery after a broker
-//! restart, a broker with auth on (a token in the URL fragment, or the page
-//! saying that one is needed), and a screenshot of each view in `target/e2e/`.
+//! restart (and the chat's notice when its history could not be resumed), a
+//! broker with auth on (a token in the URL fragment, or the page saying that
+//! one is needed), and a screenshot of each view in `target/e2e/`.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver`; `.ci/run`
 //! installs them. Without them these tests fail (they never skip).
@@ -17,7 +18,7 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value as Json, json};
 use starling_protocol::Filter;
-use starling_tests::{TestBroker, broker_on, http_get, json_field};
+use starling_tests::{TestBroker, broker_on, broker_on_with, http_get, json_field};
 use tokio::time::Instant;
 
 /// The browser binary, as packaged by Debian.
@@ -285,6 +286,10 @@ async fn say(page: &Browser, text: &str) {
 
 const MESSAGES: &str = "return [...document.querySelectorAll('#messages .msg:not(.sys)')]\
      .map(li => [li.querySelector('.nick').textContent, li.querySelector('.msg-text').textContent])";
+
+/// The texts of the chat's system notes.
+const NOTES: &str =
+    "return [...document.querySelectorAll('#messages .msg.sys')].map(li => li.textContent)";
 
 /// Waits until the page's chat shows `text` from `nick`.
 async fn wait_message(page: &Browser, nick: &str, text: &str) {
@@ -659,6 +664,60 @@ async fn the_page_reconnects_by_itself_after_a_broker_restart() {
             starling_tests::json_str(&payload.to_json_string(), "text"),
             "back online"
         );
+        rust.close().await;
+        tokio::time::timeout(Duration::from_secs(10), second.shutdown())
+            .await
+            .expect("broker stops")
+            .expect("broker stops cleanly");
+    })
+    .await;
+}
+
+/// With history, a restart voids the page's place in its room (a new epoch):
+/// the chat says once that messages may be missing, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_with_history_the_chat_says_some_messages_may_be_missing() {
+    scenario(async |driver| {
+        let first = TestBroker::with_config(|c| c.history = 100).await;
+        let addr = first.addr();
+        let page = driver.browser().await;
+        open(&page, &first.http_url(), "chat").await;
+        join(&page, "ada", "epochs").await;
+        wait_subscribers(first.broker(), "chat.epochs", 1).await;
+        let mut rust = first.json().await;
+        rust.publish("chat.epochs", &chat_payload("rust", "before the restart"))
+            .await;
+        wait_message(&page, "rust", "before the restart").await;
+        rust.close().await;
+        first.stop().await;
+        wait_state(&page, "reconnecting").await;
+
+        let second = broker_on_with(addr, |c| c.history = 100).await;
+        wait_state(&page, "connected").await;
+        let missing = |v: &Json| {
+            v.as_array().map_or(0, |notes| {
+                notes
+                    .iter()
+                    .filter(|n| *n == "Some messages may be missing")
+                    .count()
+            })
+        };
+        wait_js(&page, "the notice in the chat", NOTES, |v| missing(v) > 0).await;
+        // It goes on: what is published now is shown, and the notice stays one.
+        let mut rust =
+            starling_tests::Client::connect(&second.ws_url(), Some(starling_protocol::Codec::Json))
+                .await;
+        rust.publish("chat.epochs", &chat_payload("rust", "after the restart"))
+            .await;
+        wait_message(&page, "rust", "after the restart").await;
+        let notes = js(&page, NOTES).await;
+        assert_eq!(missing(&notes), 1, "{notes}");
+        assert!(
+            !notes.to_string().contains("were missed"),
+            "a reset is not a lag: {notes}"
+        );
+        let path = screenshot(&page, "chat-reset.png").await;
+        eprintln!("chat after a reset: {}", path.display());
         rust.close().await;
         tokio::time::timeout(Duration::from_secs(10), second.shutdown())
             .await
