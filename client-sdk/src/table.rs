@@ -274,13 +274,21 @@ impl SubTable {
         let at_ack = Position { offset, epoch };
         entry.position = match entry.position.take() {
             None => Some(at_ack),
-            Some(mine) if mine.offset > at_ack.offset || mine.epoch != at_ack.epoch => {
+            // A position without an epoch (messages from a broker that gave
+            // none) is checked on its offset alone, as the broker does.
+            Some(mine)
+                if mine.offset > at_ack.offset
+                    || mine.epoch.is_some() && mine.epoch != at_ack.epoch =>
+            {
                 Some(Position {
                     offset: 0,
                     epoch: at_ack.epoch,
                 })
             }
-            Some(mine) => Some(mine),
+            Some(mine) => Some(Position {
+                offset: mine.offset,
+                epoch: at_ack.epoch,
+            }),
         };
     }
 
@@ -477,6 +485,19 @@ mod tests {
         assert_eq!(
             resume_at(&mut table, "chat.room"),
             Some((0, Some("e2".into())))
+        );
+    }
+
+    #[test]
+    fn a_position_without_an_epoch_is_checked_on_its_offset_alone() {
+        let mut table = SubTable::default();
+        let (a, _ra) = mpsc::channel(8);
+        table.attach(&filter("chat.room"), 1, a);
+        table.dispatch("chat.room", message("chat.room", Some(3)));
+        table.positioned("chat.room", 5, Some("e1".into()));
+        assert_eq!(
+            resume_at(&mut table, "chat.room"),
+            Some((3, Some("e1".into())))
         );
     }
 
