@@ -110,9 +110,9 @@ fn raise_nofile(connections: u64) -> Result<()> {
     Ok(())
 }
 
-fn sample(pid: Option<u32>, notes: &mut Vec<String>) -> Option<ProcSample> {
-    let pid = pid?;
-    match ProcSample::take(pid) {
+/// Samples the broker, if there is one to sample; a failure is noted once.
+pub(crate) fn sample(pid: Option<u32>, notes: &mut Vec<String>) -> Option<ProcSample> {
+    match ProcSample::take(pid?) {
         Ok(s) => Some(s),
         Err(e) => {
             let note = format!("broker sampling failed: {e:#}");

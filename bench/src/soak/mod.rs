@@ -40,6 +40,7 @@ use self::report::{BrokerSeries, RoleFigures, SoakSummary};
 use self::writers::Pace;
 use crate::cli::SoakArgs;
 use crate::procfs::ProcSample;
+use crate::scenarios::sample;
 use crate::ws;
 
 /// How long the setup before the load may take: the check (one connection
@@ -306,20 +307,6 @@ async fn sample_load(
         cpu_percent,
         rss_peak,
         series,
-    }
-}
-
-/// Samples the broker, if there is one to sample; a failure is noted once.
-fn sample(pid: Option<u32>, notes: &mut Vec<String>) -> Option<ProcSample> {
-    match ProcSample::take(pid?) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            let note = format!("broker sampling failed: {e:#}");
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
-            None
-        }
     }
 }
 
