@@ -10,7 +10,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{AuthConfigError, Verifier};
-use crate::config::Config;
+use crate::config::{Config, HistoryStore as StoreKind};
 use crate::history::{
     Excerpt, HistoryBounds, HistoryPolicy, HistoryStore, Position, Recovery, Resume,
 };
@@ -18,8 +18,10 @@ use crate::metrics::{Metrics, Source};
 use crate::origin::{OriginPolicy, OriginRuleError};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::memory::MemoryRelay;
-use crate::relay::redis::RedisRelay;
-use crate::relay::{ClusterError, LinkState, Published, RedisTlsFiles, Relay};
+use crate::relay::redis::{HistorySettings, RedisLink, RedisRelay};
+use crate::relay::{
+    Answer, ClusterError, LinkState, Published, RedisTlsFiles, Relay, StoreUnavailable,
+};
 use crate::ring::Capacity;
 use crate::tls::{Tls, TlsError};
 
@@ -29,6 +31,9 @@ pub enum PublishError {
     /// Topics whose first token starts with `$` belong to the broker.
     #[error("topic {0} is reserved for the broker")]
     Reserved(Topic),
+    /// The topic keeps history in Redis, and Redis did not take the message.
+    #[error(transparent)]
+    Unavailable(#[from] StoreUnavailable),
 }
 
 impl PublishError {
@@ -36,6 +41,7 @@ impl PublishError {
     pub fn code(&self) -> ErrorCode {
         match self {
             PublishError::Reserved(_) => ErrorCode::Unauthorized,
+            PublishError::Unavailable(_) => ErrorCode::Internal,
         }
     }
 }
@@ -55,6 +61,9 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// `--history-store` does not fit the other settings.
+    #[error("{0}")]
+    HistoryStore(&'static str),
 }
 
 /// A connection's id, unique within a node's lifetime.
@@ -129,26 +138,44 @@ impl Broker {
             },
             metrics.clone(),
         ));
+        // With --redis-url, histories are in Redis; without, in memory.
+        match (config.history_store, &config.redis_url) {
+            (Some(StoreKind::Redis), None) => {
+                return Err(StartError::HistoryStore(
+                    "--history-store redis needs --redis-url",
+                ));
+            }
+            (Some(StoreKind::Memory), Some(_))
+                if HistoryPolicy::new(config.history, &config.history_prefixes).is_enabled() =>
+            {
+                return Err(StartError::HistoryStore(
+                    "the nodes of a cluster cannot keep history in memory (their offsets \
+                     would disagree): use --history-store redis, the default with --redis-url",
+                ));
+            }
+            _ => {}
+        }
         let relay: Box<dyn Relay> = match &config.redis_url {
             Some(url) => {
-                if HistoryPolicy::new(config.history, &config.history_prefixes).is_enabled() {
-                    // Offsets must agree on every node; that needs history
-                    // kept in the cluster, which the Redis relay does not do.
-                    tracing::warn!(
-                        "topic history is not available in a cluster yet; --history is ignored"
-                    );
-                }
-                Box::new(RedisRelay::new(
+                let history = HistorySettings {
+                    policy: HistoryPolicy::new(config.history, &config.history_prefixes),
+                    ttl: config.history_ttl,
+                };
+                let link = RedisLink {
                     url,
-                    &config.redis_prefix,
-                    config.redis_sharded,
-                    RedisTlsFiles {
+                    prefix: &config.redis_prefix,
+                    sharded: config.redis_sharded,
+                    tls: RedisTlsFiles {
                         ca: config.redis_ca.as_deref(),
                         client: config
                             .redis_client_cert
                             .as_deref()
                             .zip(config.redis_client_key.as_deref()),
                     },
+                };
+                Box::new(RedisRelay::new(
+                    link,
+                    history,
                     registry.clone(),
                     metrics.clone(),
                     node_id.clone(),
@@ -237,14 +264,15 @@ impl Broker {
     }
 
     /// Publishes `payload` on `topic` for a client (WebSocket or HTTP).
-    /// Reserved (`$`) topics are refused.
-    pub fn publish(
+    /// Reserved (`$`) topics are refused. On a topic whose history is kept
+    /// in Redis, it is done once Redis has taken the message.
+    pub async fn publish(
         &self,
         topic: Topic,
         payload: Payload,
         source: Source,
     ) -> Result<Published, PublishError> {
-        self.publish_as(topic, payload, source, None)
+        Ok(self.publish_as(topic, payload, source, None)?.get().await?)
     }
 
     /// [`Broker::publish`] for a client whose token's `sub` is `from`, when
@@ -255,7 +283,7 @@ impl Broker {
         payload: Payload,
         source: Source,
         from: Option<Arc<str>>,
-    ) -> Result<Published, PublishError> {
+    ) -> Result<Answer<Published>, PublishError> {
         if topic.is_reserved() {
             return Err(PublishError::Reserved(topic));
         }
@@ -263,15 +291,11 @@ impl Broker {
         Ok(self.shared.relay.publish(topic, payload, from))
     }
 
-    /// Publishes without the reserved-topic check: for the broker's own topics.
-    pub(crate) fn publish_unchecked(
-        &self,
-        topic: Topic,
-        payload: Payload,
-        source: Source,
-    ) -> Published {
+    /// Publishes without the reserved-topic check: for the broker's own
+    /// topics (which keep no history: the answer is at once).
+    pub(crate) fn publish_unchecked(&self, topic: Topic, payload: Payload, source: Source) {
         self.shared.metrics.published(source);
-        self.shared.relay.publish(topic, payload, None)
+        drop(self.shared.relay.publish(topic, payload, None));
     }
 
     /// Subscribes to `filter` (which becomes the registry's shared copy);
@@ -283,12 +307,12 @@ impl Broker {
         &self,
         filter: &mut Filter,
         resume: Option<&Resume>,
-    ) -> (DeliveryReceiver, Recovery) {
+    ) -> (DeliveryReceiver, Answer<Recovery>) {
         self.shared.relay.subscribe(filter, resume)
     }
 
     /// Where the history of the topic `filter` stands.
-    pub(crate) fn position(&self, filter: &Filter) -> Option<Position> {
+    pub(crate) fn position(&self, filter: &Filter) -> Answer<Option<Position>> {
         self.shared.relay.position(filter)
     }
 
@@ -298,7 +322,7 @@ impl Broker {
         topic: &Topic,
         from: Option<&Resume>,
         limit: usize,
-    ) -> Option<Excerpt> {
+    ) -> Answer<Option<Excerpt>> {
         self.shared.relay.history(topic, from, limit)
     }
 

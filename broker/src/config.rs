@@ -19,6 +19,16 @@ pub enum SlowConsumerPolicy {
     Disconnect,
 }
 
+/// Where topic histories are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistoryStore {
+    /// In the broker's memory: lost when it stops (a new epoch then).
+    Memory,
+    /// In Redis (`--redis-url`), as streams: shared by a cluster's nodes,
+    /// kept across broker restarts.
+    Redis,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -191,6 +201,13 @@ pub struct Config {
         value_name = "SECONDS"
     )]
     pub history_ttl: u64,
+
+    /// Where histories are kept (default: `redis` with `--redis-url`, else
+    /// `memory`). A cluster keeps them in Redis, so that offsets agree on
+    /// every node; a single node with `--redis-url` keeps them across its
+    /// restarts.
+    #[arg(long, env = "STARLING_HISTORY_STORE", value_enum)]
+    pub history_store: Option<HistoryStore>,
 
     /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` or, over TLS,
     /// `rediss://redis.internal:6380` (default:

@@ -252,6 +252,7 @@ impl HistoryStore {
                 position: Some(position),
                 reset,
                 replay: None,
+                live_after: None,
             };
             return (subscribe(), recovery);
         };
@@ -278,6 +279,7 @@ impl HistoryStore {
             position: Some(position),
             reset,
             replay,
+            live_after: None,
         };
         (rx, recovery)
     }
@@ -509,7 +511,7 @@ impl HistoryStore {
 
 /// A fresh epoch: 8 characters of base 36 that differ from run to run (the
 /// standard library's randomly keyed hasher, over the time and process id).
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {

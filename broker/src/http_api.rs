@@ -23,12 +23,13 @@ use subtle::ConstantTimeEq;
 use tracing::{debug, warn};
 
 use crate::assets;
-use crate::broker::Broker;
+use crate::broker::{Broker, PublishError};
 use crate::handshake::{self, Refusal};
 use crate::history::{Position, Resume};
 use crate::metrics::Source;
 use crate::prefixed::Prefixed;
 use crate::rate::{RateLimiter, Verdict};
+use crate::relay::StoreUnavailable;
 use crate::sync::lock;
 
 /// A JSON answer with a status.
@@ -53,6 +54,14 @@ fn protocol_error(broker: &Broker, code: ErrorCode, message: impl Into<String>) 
     broker.metrics().error(code);
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     error_response(status, ErrorBody::new(code, message))
+}
+
+/// The history store did not answer: 503, code `internal`; the request may
+/// be tried again.
+fn store_unavailable(broker: &Broker, error: &StoreUnavailable) -> Response {
+    broker.metrics().error(ErrorCode::Internal);
+    let body = ErrorBody::new(ErrorCode::Internal, error.to_string());
+    error_response(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// An HTTP-only error, with the status of its code.
@@ -297,7 +306,10 @@ async fn publish(State(broker): State<Broker>, request: Request) -> Response {
         Ok(request) => request,
         Err(error) => return protocol_error(&broker, error.code(), error.to_string()),
     };
-    match broker.publish(request.topic, request.payload, Source::Http) {
+    match broker
+        .publish(request.topic, request.payload, Source::Http)
+        .await
+    {
         Ok(published) => match published.position() {
             // Epochs are made of `[0-9a-z-]`: nothing to escape.
             Some(Position { offset, epoch }) => json_response(
@@ -306,6 +318,7 @@ async fn publish(State(broker): State<Broker>, request: Request) -> Response {
             ),
             None => json_response(StatusCode::ACCEPTED, "{}".to_owned()),
         },
+        Err(PublishError::Unavailable(error)) => store_unavailable(&broker, &error),
         Err(error) => protocol_error(&broker, error.code(), error.to_string()),
     }
 }
@@ -388,7 +401,12 @@ async fn history(State(broker): State<Broker>, request: Request) -> Response {
         Ok(query) => query,
         Err((code, message)) => return protocol_error(&broker, code, message),
     };
-    let Some(excerpt) = broker.history(&query.topic, query.from.as_ref(), query.limit) else {
+    let excerpt = broker.history(&query.topic, query.from.as_ref(), query.limit);
+    let excerpt = match excerpt.get().await {
+        Ok(excerpt) => excerpt,
+        Err(error) => return store_unavailable(&broker, &error),
+    };
+    let Some(excerpt) = excerpt else {
         return http_error(
             HttpErrorCode::NotFound,
             format!("topic {} keeps no history", query.topic),

@@ -13,9 +13,10 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use starling_protocol::Filter;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::sync::lock;
 
@@ -36,6 +37,10 @@ pub(crate) struct InterestQueue {
     waiting: Mutex<HashMap<Filter, bool>>,
     /// Wakes the relay when something may be waiting.
     changed: Notify,
+    /// How many times the relay took the changes (under `waiting`'s lock).
+    taken: Mutex<u64>,
+    /// The last take whose changes the relay has made (in Redis: confirmed).
+    applied: watch::Sender<u64>,
 }
 
 impl InterestQueue {
@@ -61,8 +66,18 @@ impl InterestQueue {
     /// Takes every change that waits: at most one per filter, in no
     /// particular order (the changes of different filters are independent).
     pub(crate) fn take(&self) -> Vec<Interest> {
-        let waiting = std::mem::take(&mut *lock(&self.waiting));
-        waiting
+        self.take_numbered().0
+    }
+
+    /// [`InterestQueue::take`], and the number of this take, for
+    /// [`InterestQueue::applied`].
+    pub(crate) fn take_numbered(&self) -> (Vec<Interest>, u64) {
+        let mut waiting = lock(&self.waiting);
+        let mut taken = lock(&self.taken);
+        *taken += 1;
+        let number = *taken;
+        let waiting = std::mem::take(&mut *waiting);
+        let changes = waiting
             .into_iter()
             .map(|(filter, watch)| {
                 if watch {
@@ -71,7 +86,38 @@ impl InterestQueue {
                     Interest::Unwatch(filter)
                 }
             })
-            .collect()
+            .collect();
+        (changes, number)
+    }
+
+    /// The relay has made the changes of every take up to `number`.
+    pub(crate) fn applied(&self, number: u64) {
+        self.applied.send_if_modified(|applied| {
+            let newer = number > *applied;
+            if newer {
+                *applied = number;
+            }
+            newer
+        });
+    }
+
+    /// Waits (at most `patience`) until every change told so far is made:
+    /// a topic subscribed to just before is then followed in Redis. Returns
+    /// whether it is.
+    pub(crate) fn settled(&self, patience: Duration) -> impl Future<Output = bool> + use<> {
+        // Changes told before now are in a take after this one.
+        let target = {
+            let _waiting = lock(&self.waiting);
+            *lock(&self.taken) + 1
+        };
+        let mut applied = self.applied.subscribe();
+        // A take with nothing in it still counts.
+        self.changed.notify_one();
+        async move {
+            tokio::time::timeout(patience, applied.wait_for(|&n| n >= target))
+                .await
+                .is_ok_and(|seen| seen.is_ok())
+        }
     }
 
     /// Waits until a change may be waiting (it may have been taken already:

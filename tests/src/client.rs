@@ -275,6 +275,20 @@ impl Client {
         .await;
     }
 
+    /// Receives the next frame and asserts it is the `lagged` with `reset`
+    /// of `topic`: the client's history position is void.
+    pub async fn expect_reset(&mut self, topic: &str) {
+        let frame = self.recv().await;
+        assert_eq!(
+            frame,
+            Envelope::Lagged {
+                topic: Filter::new(topic).expect("valid filter"),
+                missed: None,
+                reset: true,
+            }
+        );
+    }
+
     /// Receives the next `message` frame, returning (topic, payload).
     pub async fn recv_message(&mut self) -> (String, Payload) {
         match self.recv().await {

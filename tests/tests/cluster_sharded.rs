@@ -8,6 +8,11 @@ use starling_tests::{Client, TestBroker, http_get, metric};
 
 const CHANNEL_PREFIX: &str = "starling:t:";
 
+/// A topic's sharded channel: the topic is a hash tag.
+fn channel(topic: &str) -> String {
+    format!("{CHANNEL_PREFIX}{{{topic}}}")
+}
+
 async fn sharded_node(id: &str, cluster: &RedisCluster) -> TestBroker {
     TestBroker::node_with(id, &cluster.url(), |c| c.redis_sharded = true).await
 }
@@ -26,13 +31,11 @@ async fn sharded_nodes_deliver_each_message_once_in_order_over_the_shards() {
         let mut on_b = Client::connect(&b.ws_url(), Some(Codec::MsgPack)).await;
         on_a.subscribe(topic).await;
         on_b.subscribe(topic).await;
-        cluster
-            .wait_shard_numsub(&format!("{CHANNEL_PREFIX}{topic}"), 2)
-            .await;
+        cluster.wait_shard_numsub(&channel(topic), 2).await;
         subscribers.push((on_a, on_b));
     }
     // Relayed through sharded channels only, not classic pub/sub.
-    assert_eq!(cluster.numsub(&format!("{CHANNEL_PREFIX}{}", topics[0])), 0);
+    assert_eq!(cluster.numsub(&channel(&topics[0])), 0);
     let shards_used = cluster
         .each(&["PUBSUB", "SHARDCHANNELS"])
         .iter()
@@ -62,11 +65,72 @@ async fn sharded_nodes_deliver_each_message_once_in_order_over_the_shards() {
     // The last local subscriber leaving removes the node's sharded subscription.
     let (on_a, on_b) = subscribers.remove(0);
     drop(on_b);
-    cluster
-        .wait_shard_numsub(&format!("{CHANNEL_PREFIX}{}", topics[0]), 1)
-        .await;
+    cluster.wait_shard_numsub(&channel(&topics[0]), 1).await;
     on_a.close().await;
-    cluster
-        .wait_shard_numsub(&format!("{CHANNEL_PREFIX}{}", topics[0]), 0)
-        .await;
+    cluster.wait_shard_numsub(&channel(&topics[0]), 0).await;
+}
+
+/// History in a Redis Cluster: a topic's stream, epoch and sharded channel
+/// share a hash tag, so one script on one shard numbers and publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_nodes_share_history_and_a_client_resumes_on_another_node() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let node = |id: &'static str| {
+        TestBroker::node_with(id, &url, |c| {
+            c.redis_sharded = true;
+            c.history = 1_000;
+        })
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+    // Topics on different shards.
+    let topics: Vec<String> = (0..6).map(|i| format!("rooms.r{i}")).collect();
+    let mut publishers = [a.json().await, b.msgpack().await];
+    let mut subscribers = Vec::new();
+    for topic in &topics {
+        let mut sub = a.json().await;
+        let (latest, epoch) = sub.subscribe(topic).await.expect("a position");
+        assert_eq!(latest, 0);
+        subscribers.push((sub, epoch));
+    }
+    for round in 0..10u64 {
+        for topic in &topics {
+            let publisher = &mut publishers[(round % 2) as usize];
+            // Acked, so that the publishers on two nodes take turns.
+            publisher.publish(topic, &round.to_string()).await;
+        }
+    }
+    // Read half on A, then resume on B.
+    for (i, (sub, epoch)) in subscribers.into_iter().enumerate() {
+        let mut sub = sub;
+        for offset in 1..=5 {
+            let (got, got_epoch) = match sub.recv().await {
+                starling_protocol::Envelope::Message { offset, epoch, .. } => (offset, epoch),
+                other => panic!("expected a message, got {other:?}"),
+            };
+            assert_eq!((got, got_epoch.as_ref()), (Some(offset), Some(&epoch)));
+        }
+        sub.close().await;
+        let mut resumed = b.json().await;
+        let (latest, same) = resumed
+            .subscribe_from(&topics[i], Some(5), Some(&epoch))
+            .await
+            .unwrap();
+        assert_eq!((latest, same), (10, epoch));
+        for offset in 6..=10 {
+            match resumed.recv().await {
+                starling_protocol::Envelope::Message {
+                    offset: got,
+                    payload,
+                    ..
+                } => {
+                    assert_eq!(got, Some(offset));
+                    assert_eq!(payload.decode::<u64>().unwrap(), offset - 1);
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+        resumed.expect_silence(Duration::from_millis(100)).await;
+    }
 }

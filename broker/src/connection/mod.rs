@@ -46,6 +46,7 @@ use starling_protocol::framing::{self, Event, FrameReader};
 mod exit;
 mod keepalive;
 mod outbox;
+mod pending;
 mod session;
 mod subscriptions;
 
@@ -130,7 +131,9 @@ impl<const ECHO: bool> Connection<ECHO> {
             // of room (the socket's readiness is registered only by a read).
             let mut progress = false;
             let full = session.out.queued() >= tuning.bound;
-            if !full {
+            // Past the frames that may wait for the store, reading waits.
+            let held = session.pending_full();
+            if !full && !held {
                 match poll_read(io, reader, tuning.read_chunk, cx) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Exit::PeerGone("closed without a close frame".into()));
@@ -148,6 +151,10 @@ impl<const ECHO: bool> Connection<ECHO> {
                     }
                     Poll::Pending => {}
                 }
+            }
+            // After the read, which may have added frames that wait.
+            if session.poll_pending(cx) && held {
+                progress = true;
             }
             // After the read, which may have added the first subscription.
             session.subs.collect_woken(cx.waker(), &mut registered);
@@ -423,6 +430,6 @@ mod tests {
         };
         let task = run_connection::<false>(Stream::Plain(server), Bytes::new(), ctx);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 704, "connection task state is {size} bytes");
+        assert!(size <= 712, "connection task state is {size} bytes");
     }
 }

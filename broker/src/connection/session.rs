@@ -27,11 +27,14 @@ use crate::broker::{Admission, Broker};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::exit::Exit;
 use crate::connection::outbox::Outbox;
+use crate::connection::pending::{Done, Held, Pending};
 use crate::connection::subscriptions::{Lag, Subscriptions};
 use crate::delivery::write_protocol_frame;
-use crate::history::{Position, Resume};
+use crate::history::{Position, Recovery, Resume};
 use crate::metrics::Source;
 use crate::rate::{RateLimiter, Verdict};
+use crate::registry::DeliveryReceiver;
+use crate::relay::Answer;
 use starling_protocol::framing::{self, Event, Kind};
 
 /// The state of one connection, apart from its socket, read buffer and
@@ -51,6 +54,8 @@ pub(crate) struct Session<const ECHO: bool = false> {
     /// Whether a `refresh` changed the token's expiry since the connection's
     /// timer last looked.
     expiry_changed: bool,
+    /// Frames waiting for the history store; boxed, and only while some do.
+    pending: Option<Box<Pending>>,
 }
 
 impl<const ECHO: bool> Drop for Session<ECHO> {
@@ -79,6 +84,7 @@ impl<const ECHO: bool> Session<ECHO> {
             out: Outbox::default(),
             auth,
             expiry_changed: false,
+            pending: None,
         };
         if ECHO || session.auth.refusal().is_some() {
             return session;
@@ -220,17 +226,35 @@ impl<const ECHO: bool> Session<ECHO> {
         self.send_error(error.id(), error.code(), error.to_string());
     }
 
-    /// One arm per client frame type.
+    /// Handles a client frame as it comes.
     fn on_envelope(&mut self, envelope: Envelope) {
+        self.handle(envelope, false);
+    }
+
+    /// One arm per client frame type. `first`: the frame was held behind a
+    /// subscribe (see [`pending`](super::pending)) and its turn has come:
+    /// what it waits for goes before what came after it.
+    fn handle(&mut self, envelope: Envelope, first: bool) {
+        let changes_subscriptions = matches!(
+            envelope,
+            Envelope::Subscribe { .. } | Envelope::Unsubscribe { .. } | Envelope::Refresh { .. }
+        );
+        if changes_subscriptions
+            && !first
+            && let Some(pending) = &mut self.pending
+            && pending.holds_subscriptions()
+        {
+            return pending.defer(envelope);
+        }
         match envelope {
             Envelope::Subscribe {
                 id,
                 topic,
                 since,
                 epoch,
-            } => self.subscribe(id, topic, since.map(|since| Resume { since, epoch })),
+            } => self.subscribe(id, topic, since.map(|since| Resume { since, epoch }), first),
             Envelope::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
-            Envelope::Publish { id, topic, payload } => self.publish(id, topic, payload),
+            Envelope::Publish { id, topic, payload } => self.publish(id, topic, payload, first),
             Envelope::Ping { id } => self.send(&Envelope::Pong { id }),
             Envelope::Refresh { id, token } => self.refresh(id, &token),
             other => {
@@ -251,7 +275,67 @@ impl<const ECHO: bool> Session<ECHO> {
         }
     }
 
-    fn publish(&mut self, id: Option<u64>, topic: Topic, payload: Payload) {
+    /// The queue of frames waiting for the store, made when first needed.
+    fn pending(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_with(Default::default)
+    }
+
+    /// Whether so many frames wait for the store that no more are read.
+    pub(crate) fn pending_full(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.is_full())
+    }
+
+    /// Applies the results of waiting frames that are done, in frame order;
+    /// returns whether there were any.
+    pub(crate) fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let mut progress = false;
+        while let Some(pending) = &mut self.pending {
+            match pending.poll_next(cx) {
+                std::task::Poll::Ready(Some(done)) => {
+                    progress = true;
+                    self.finish(done);
+                }
+                std::task::Poll::Ready(None) => {
+                    // Nothing waits: give the queue's memory back.
+                    self.pending = None;
+                }
+                std::task::Poll::Pending => break,
+            }
+        }
+        progress
+    }
+
+    fn finish(&mut self, done: Done) {
+        match done {
+            Done::Published { id, result } => match result {
+                Ok(published) => self.ack(id, published.position()),
+                Err(error) => self.send_error(id, ErrorCode::Internal, error.to_string()),
+            },
+            Done::Subscribed {
+                id,
+                held,
+                resume,
+                result,
+            } => match result {
+                Ok(recovery) => {
+                    let (filter, rx) = held.take();
+                    self.subscribed(id, filter, rx, resume, recovery);
+                }
+                Err(error) => {
+                    // Dropping `held` ends the subscription.
+                    drop(held);
+                    self.send_error(id, ErrorCode::Internal, error.to_string());
+                }
+            },
+            Done::Position { id, result } => match result {
+                Ok(position) => self.ack(id, position),
+                Err(error) => self.send_error(id, ErrorCode::Internal, error.to_string()),
+            },
+            Done::Deferred(envelope) => self.handle(envelope, true),
+        }
+    }
+
+    fn publish(&mut self, id: Option<u64>, topic: Topic, payload: Payload, first: bool) {
         // `$` topics are refused by the broker whatever the token says.
         let from = match self.auth.identity() {
             _ if self.auth.is_off() => None,
@@ -267,12 +351,19 @@ impl<const ECHO: bool> Session<ECHO> {
             .broker
             .publish_as(topic, payload, Source::WebSocket, from);
         match published {
-            Ok(published) => self.ack(id, published.position()),
+            Ok(Answer::Now(published)) => self.ack(id, published.position()),
+            Ok(later) => self.pending().publish(id, later, first),
             Err(error) => self.send_error(id, error.code(), error.to_string()),
         }
     }
 
-    fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, resume: Option<Resume>) {
+    fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        mut filter: Filter,
+        resume: Option<Resume>,
+        first: bool,
+    ) {
         let allowed = self.auth.is_off()
             || self
                 .auth
@@ -283,8 +374,10 @@ impl<const ECHO: bool> Session<ECHO> {
             return self.send_error(id, ErrorCode::Unauthorized, message);
         }
         if self.subs.find(&filter).is_some() {
-            let position = self.broker.position(&filter);
-            self.ack(id, position);
+            match self.broker.position(&filter) {
+                Answer::Now(position) => self.ack(id, position),
+                later => self.pending().position(id, later, first),
+            }
             return;
         }
         let max = self.broker.config().max_subscriptions;
@@ -305,7 +398,25 @@ impl<const ECHO: bool> Session<ECHO> {
             );
             return;
         }
-        let (rx, recovery) = self.broker.subscribe(&mut filter, resume.as_ref());
+        let (rx, answer) = self.broker.subscribe(&mut filter, resume.as_ref());
+        match answer {
+            Answer::Now(recovery) => self.subscribed(id, filter, rx, resume, recovery),
+            later => {
+                let held = Held::new(self.broker.clone(), filter, rx);
+                self.pending().subscribe(id, held, resume, later, first);
+            }
+        }
+    }
+
+    /// Completes a subscribe once its topic's history has answered.
+    fn subscribed(
+        &mut self,
+        id: Option<u64>,
+        filter: Filter,
+        rx: DeliveryReceiver,
+        resume: Option<Resume>,
+        recovery: Recovery,
+    ) {
         debug!(conn_id = %self.admission.id, topic = %filter, ?resume, reset = recovery.reset, "subscribed");
         self.ack(id, recovery.position);
         if recovery.reset {
@@ -317,7 +428,8 @@ impl<const ECHO: bool> Session<ECHO> {
             });
         }
         // The replay is read as the socket takes it, before live messages.
-        self.subs.insert(filter, rx, recovery.replay);
+        self.subs
+            .insert(filter, rx, recovery.replay, recovery.live_after);
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {

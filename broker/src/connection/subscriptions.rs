@@ -19,7 +19,7 @@ use starling_protocol::{Codec, Envelope, Filter};
 
 use crate::connection::outbox::{OUT_INITIAL, Outbox};
 use crate::delivery::{Delivery, write_protocol_frame};
-use crate::history::Replay;
+use crate::history::{Position, Replay};
 use crate::registry::DeliveryReceiver;
 use crate::ring::Missed;
 use crate::sync::lock;
@@ -63,6 +63,8 @@ pub(crate) struct Sub {
     rx: DeliveryReceiver,
     waker: Waker,
     replay: Option<Replay>,
+    /// Live messages up to here were replayed: skip them.
+    live_after: Option<Position>,
 }
 
 /// Messages a subscription did not get.
@@ -105,7 +107,13 @@ impl Subscriptions {
 
     /// Adds a subscription, which first replays `replay` when given; it is
     /// looked at at once when it has a replay or messages came meanwhile.
-    pub(crate) fn insert(&mut self, filter: Filter, rx: DeliveryReceiver, replay: Option<Replay>) {
+    pub(crate) fn insert(
+        &mut self,
+        filter: Filter,
+        rx: DeliveryReceiver,
+        replay: Option<Replay>,
+        live_after: Option<Position>,
+    ) {
         let woken = self.woken.get_or_insert_with(Default::default).clone();
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,
@@ -128,6 +136,7 @@ impl Subscriptions {
             rx,
             waker,
             replay,
+            live_after,
         };
         // Registers the waker, or finds messages that came meanwhile.
         let live = sub
@@ -265,10 +274,18 @@ impl Subscriptions {
         // Until the subscription has nothing left (its waker is then
         // registered, under the same lock), or the budget or the room runs out.
         let mut ready = true;
+        let live_after = &mut sub.live_after;
         while ready && budget > 0 && out.queued() < bound {
             let (taken, more) =
                 sub.rx
                     .drain_then_poll(budget.min(DRAIN_CHUNK), &sub.waker, |item| match item {
+                        Ok(delivery) if live_after.is_some() => {
+                            if replayed(live_after, delivery) {
+                                return ControlFlow::Continue(());
+                            }
+                            *live_after = None;
+                            copy(delivery, out, codec, bound)
+                        }
                         Ok(delivery) => copy(delivery, out, codec, bound),
                         // Reported first, before what comes after the gap.
                         Err(Missed::Lagged(missed)) => {
@@ -285,6 +302,15 @@ impl Subscriptions {
         }
         (missed_total > 0).then(|| (sub.filter.clone(), Lag::Live(missed_total)))
     }
+}
+
+/// Whether a live `delivery` was replayed already: it is in the replay's
+/// epoch, at or before its end.
+fn replayed(live_after: &Option<Position>, delivery: &Delivery) -> bool {
+    live_after.as_ref().is_some_and(|end| {
+        delivery.epoch.as_ref() == Some(&end.epoch)
+            && delivery.offset.is_some_and(|offset| offset <= end.offset)
+    })
 }
 
 /// Copies a delivery's frame into the outbox; breaks once the outbox holds

@@ -2,6 +2,7 @@
 //! `ack` carries, whether the client's own position is void (a reset), and
 //! the replay, a cursor read a page at a time.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +47,10 @@ pub(crate) struct Recovery {
     pub(crate) reset: bool,
     /// What to send before live messages.
     pub(crate) replay: Option<Replay>,
+    /// Live messages up to this position are in the replay already: they
+    /// are skipped (a history in a shared store is read apart from the live
+    /// subscription, so the two overlap).
+    pub(crate) live_after: Option<Position>,
 }
 
 /// What a subscriber with `since` gets before live messages: the topic's
@@ -53,10 +58,22 @@ pub(crate) struct Recovery {
 /// the subscription began), read from the history as they are sent.
 /// Messages that the history dropped meanwhile are reported as lost.
 #[derive(Debug)]
-pub(crate) struct Replay {
-    history: Arc<Mutex<TopicHistory>>,
-    next: u64,
-    until: u64,
+pub(crate) struct Replay(Source);
+
+#[derive(Debug)]
+enum Source {
+    /// A cursor over a history in memory.
+    Memory {
+        history: Arc<Mutex<TopicHistory>>,
+        next: u64,
+        until: u64,
+    },
+    /// Messages read from a shared store, and how many before them are
+    /// no longer retained.
+    Fetched {
+        lost: u64,
+        messages: VecDeque<Arc<Delivery>>,
+    },
 }
 
 impl Replay {
@@ -69,10 +86,23 @@ impl Replay {
         since: u64,
     ) -> Option<Self> {
         let until = guard.next_offset - 1;
-        (since < until).then(|| Replay {
-            history: history.clone(),
-            next: since + 1,
-            until,
+        (since < until).then(|| {
+            Replay(Source::Memory {
+                history: history.clone(),
+                next: since + 1,
+                until,
+            })
+        })
+    }
+
+    /// The replay of messages read from a shared store, after `lost` that
+    /// it no longer retains; `None` when there is nothing to replay.
+    pub(crate) fn fetched(lost: u64, messages: Vec<Arc<Delivery>>) -> Option<Self> {
+        (lost > 0 || !messages.is_empty()).then(|| {
+            Replay(Source::Fetched {
+                lost,
+                messages: messages.into(),
+            })
         })
     }
 
@@ -84,27 +114,45 @@ impl Replay {
         &mut self,
         mut each: impl FnMut(Result<&Arc<Delivery>, u64>) -> ControlFlow<()>,
     ) -> bool {
-        let history = HistoryStore::lock(&self.history);
+        let (history, next, until) = match &mut self.0 {
+            Source::Memory {
+                history,
+                next,
+                until,
+            } => (history, next, *until),
+            Source::Fetched { lost, messages } => {
+                if *lost > 0 {
+                    let _ = each(Err(std::mem::take(lost)));
+                }
+                while let Some(delivery) = messages.pop_front() {
+                    if each(Ok(&delivery)).is_break() {
+                        break;
+                    }
+                }
+                return messages.is_empty();
+            }
+        };
+        let history = HistoryStore::lock(history);
         let first = history.first_offset();
-        if self.next < first {
-            let lost = first.min(self.until + 1) - self.next;
-            self.next += lost;
+        if *next < first {
+            let lost = first.min(until + 1) - *next;
+            *next += lost;
             let _ = each(Err(lost));
-            if self.next > self.until {
+            if *next > until {
                 return true;
             }
         }
-        let skip = (self.next - first) as usize;
+        let skip = (*next - first) as usize;
         for delivery in history.messages.iter().skip(skip) {
-            let Some(offset) = delivery.offset.filter(|&o| o <= self.until) else {
+            let Some(offset) = delivery.offset.filter(|&o| o <= until) else {
                 break;
             };
-            self.next = offset + 1;
+            *next = offset + 1;
             if each(Ok(delivery)).is_break() {
                 break;
             }
         }
-        self.next > self.until
+        *next > until
     }
 }
 

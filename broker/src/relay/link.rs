@@ -323,12 +323,20 @@ impl Inbound {
     /// through the Redis glob `glob` when it came through a pattern
     /// subscription. A message that does not decode, or whose topic is not
     /// the one of its channel, is dropped and counted.
+    ///
+    /// A message of a topic with history in Redis comes numbered (see
+    /// [`streams`](super::streams)), and comes to every node, its origin
+    /// included: that is how its subscribers get it, in offset order.
     pub(crate) fn receive(&self, bytes: &[u8], channel: &str, glob: Option<&str>) {
+        let (numbered, bytes) = match wire::split_numbered(bytes) {
+            Some((offset, epoch, rest)) => (Some((offset, epoch)), rest),
+            None => (None, bytes),
+        };
         let Some(relayed) = wire::decode(bytes) else {
             self.reject(channel, "undecodable relay message");
             return;
         };
-        if relayed.origin == &*self.node {
+        if numbered.is_none() && relayed.origin == &*self.node {
             return;
         }
         // Only a topic's own channel may carry its messages: whoever can
@@ -347,8 +355,12 @@ impl Inbound {
         self.metrics.relayed_in.inc();
         let latency = now_us().saturating_sub(relayed.sent_at_us);
         self.metrics.relay_latency.observe(latency as f64 / 1e6);
-        let delivery = Delivery::new(topic, payload, None, relayed.origin.into())
+        let mut delivery = Delivery::new(topic, payload, None, relayed.origin.into())
             .with_from(relayed.from.map(Into::into));
+        if let Some((offset, epoch)) = numbered {
+            delivery = delivery.with_epoch(epoch.into());
+            delivery.offset = Some(offset);
+        }
         // A message matching both a channel and a glob arrives once for each:
         // a channel message goes to the topic's subscribers, a glob message to
         // the patterns behind that glob, so each subscription gets it once.

@@ -8,7 +8,7 @@ use starling_protocol::{Filter, Payload, Topic};
 use crate::delivery::Delivery;
 use crate::history::{Excerpt, HistoryStore, Position, Recovery, Resume};
 use crate::registry::{DeliveryReceiver, TopicRegistry};
-use crate::relay::{Published, Relay};
+use crate::relay::{Answer, Published, Relay};
 
 /// One node on its own.
 #[derive(Debug)]
@@ -29,7 +29,62 @@ impl MemoryRelay {
 }
 
 impl Relay for MemoryRelay {
-    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published {
+    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Answer<Published> {
+        Answer::Now(self.publish_now(topic, payload, from))
+    }
+
+    fn subscribe(
+        &self,
+        filter: &mut Filter,
+        resume: Option<&Resume>,
+    ) -> (DeliveryReceiver, Answer<Recovery>) {
+        let (rx, recovery) = self.subscribe_now(filter, resume);
+        (rx, Answer::Now(recovery))
+    }
+
+    fn position(&self, filter: &Filter) -> Answer<Option<Position>> {
+        Answer::Now(filter.as_topic().and_then(|t| self.history.position(&t)))
+    }
+
+    fn history(
+        &self,
+        topic: &Topic,
+        from: Option<&Resume>,
+        limit: usize,
+    ) -> Answer<Option<Excerpt>> {
+        Answer::Now(self.history.read(topic, from, limit))
+    }
+
+    fn start(&self) {
+        let Some(every) = self.history.expiry_interval() else {
+            return;
+        };
+        let history = Arc::downgrade(&self.history);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(history) = history.upgrade() else {
+                    return;
+                };
+                let expired = history.expire();
+                if expired > 0 {
+                    tracing::debug!(expired, "topic histories expired");
+                }
+            }
+        });
+    }
+}
+
+impl MemoryRelay {
+    /// [`Relay::publish`], answered at once.
+    pub(crate) fn publish_now(
+        &self,
+        topic: Topic,
+        payload: Payload,
+        from: Option<Arc<str>>,
+    ) -> Published {
         let Some(history) = self.history.for_publish(&topic) else {
             let delivery = Delivery::new(topic, payload, None, self.node.clone()).with_from(from);
             return Published::unnumbered(self.registry.publish(delivery));
@@ -55,7 +110,8 @@ impl Relay for MemoryRelay {
         }
     }
 
-    fn subscribe(
+    /// [`Relay::subscribe`], answered at once.
+    pub(crate) fn subscribe_now(
         &self,
         filter: &mut Filter,
         resume: Option<&Resume>,
@@ -66,35 +122,6 @@ impl Relay for MemoryRelay {
                 .recover_with(&topic, resume, || self.registry.subscribe_shared(filter)),
             None => (self.registry.subscribe_shared(filter), Recovery::default()),
         }
-    }
-
-    fn position(&self, filter: &Filter) -> Option<Position> {
-        self.history.position(&filter.as_topic()?)
-    }
-
-    fn history(&self, topic: &Topic, from: Option<&Resume>, limit: usize) -> Option<Excerpt> {
-        self.history.read(topic, from, limit)
-    }
-
-    fn start(&self) {
-        let Some(every) = self.history.expiry_interval() else {
-            return;
-        };
-        let history = Arc::downgrade(&self.history);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(history) = history.upgrade() else {
-                    return;
-                };
-                let expired = history.expire();
-                if expired > 0 {
-                    tracing::debug!(expired, "topic histories expired");
-                }
-            }
-        });
     }
 }
 
@@ -117,7 +144,7 @@ mod tests {
     }
 
     fn publish(relay: &MemoryRelay, topic: &str) -> Published {
-        relay.publish(
+        relay.publish_now(
             Topic::new(topic).unwrap(),
             Payload::from_json("1").unwrap(),
             None,
@@ -149,7 +176,7 @@ mod tests {
     fn publishes_reach_subscribers_with_offsets_when_history_is_kept() {
         let relay = relay(2);
         let mut filter = Filter::new("a.b").unwrap();
-        let (mut rx, recovery) = relay.subscribe(&mut filter, None);
+        let (mut rx, recovery) = relay.subscribe_now(&mut filter, None);
         assert!(recovery.replay.is_none());
         let epoch = recovery.position.expect("a position").epoch;
         assert_eq!(
@@ -178,7 +205,7 @@ mod tests {
             publish(&relay, "a.b");
         }
         let mut filter = Filter::new("a.b").unwrap();
-        let (_rx, recovery) = relay.subscribe(&mut filter, Some(&resume(0, None)));
+        let (_rx, recovery) = relay.subscribe_now(&mut filter, Some(&resume(0, None)));
         assert!(!recovery.reset);
         assert_eq!(recovery.position.unwrap().offset, 3);
         let (lost, offsets) = read(recovery.replay.expect("a replay"));
@@ -192,7 +219,11 @@ mod tests {
         for _ in 0..3 {
             publish(&relay, "a.b");
         }
-        let epoch = relay.position(&Filter::new("a.b").unwrap()).unwrap().epoch;
+        let epoch = relay
+            .history
+            .position(&Topic::new("a.b").unwrap())
+            .unwrap()
+            .epoch;
         for (since, epoch) in [
             (2, Some("other")),
             (0, Some("other")),
@@ -200,14 +231,14 @@ mod tests {
             (9, Some(&*epoch)),
         ] {
             let mut filter = Filter::new("a.b").unwrap();
-            let (_rx, recovery) = relay.subscribe(&mut filter, Some(&resume(since, epoch)));
+            let (_rx, recovery) = relay.subscribe_now(&mut filter, Some(&resume(since, epoch)));
             assert!(recovery.reset, "since {since}, epoch {epoch:?}");
             // No count of what was lost: it is unknown.
             assert_eq!(read(recovery.replay.unwrap()), (0, vec![Some(2), Some(3)]));
         }
         // The right epoch and a position it gave: no reset.
         let mut filter = Filter::new("a.b").unwrap();
-        let (_rx, recovery) = relay.subscribe(&mut filter, Some(&resume(2, Some(&epoch))));
+        let (_rx, recovery) = relay.subscribe_now(&mut filter, Some(&resume(2, Some(&epoch))));
         assert!(!recovery.reset);
         assert_eq!(read(recovery.replay.unwrap()), (0, vec![Some(3)]));
     }
@@ -216,14 +247,20 @@ mod tests {
     fn an_empty_topic_announces_the_epoch_its_first_message_gets() {
         let relay = relay(2);
         let mut filter = Filter::new("a.b").unwrap();
-        let (_rx, recovery) = relay.subscribe(&mut filter, None);
+        let (_rx, recovery) = relay.subscribe_now(&mut filter, None);
         let position = recovery.position.unwrap();
         assert_eq!(position.offset, 0);
         assert_eq!(publish(&relay, "a.b").epoch, Some(position.epoch));
         // Patterns and topics without history have no position.
         let mut pattern = Filter::new("a.*").unwrap();
-        assert!(relay.subscribe(&mut pattern, None).1.position.is_none());
+        assert!(relay.subscribe_now(&mut pattern, None).1.position.is_none());
         let mut reserved = Filter::new("$sys.x").unwrap();
-        assert!(relay.subscribe(&mut reserved, None).1.position.is_none());
+        assert!(
+            relay
+                .subscribe_now(&mut reserved, None)
+                .1
+                .position
+                .is_none()
+        );
     }
 }

@@ -18,10 +18,14 @@
 //! Implementations: [`memory`] (one node; history in memory) and [`redis`]
 //! (a cluster through Redis pub/sub, classic or sharded ([`sharded`]); the
 //! bytes between nodes are in [`wire`], what both Redis modes share in
-//! [`link`]).
+//! [`link`]). With history, the Redis relay keeps it in Redis
+//! ([`shared_history`], over the store of [`streams`]): publish and append
+//! are one Lua script, and a subscribe's replay is read from Redis.
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use starling_protocol::{Filter, Payload, Topic};
@@ -33,6 +37,8 @@ pub(crate) mod link;
 pub(crate) mod memory;
 pub(crate) mod redis;
 pub(crate) mod sharded;
+pub(crate) mod shared_history;
+pub(crate) mod streams;
 pub(crate) mod wire;
 
 /// What a successful publish returns.
@@ -61,6 +67,39 @@ impl Published {
         Some(Position {
             offset: self.offset?,
             epoch: self.epoch.clone()?,
+        })
+    }
+}
+
+/// The history store (Redis) did not answer in time, or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the history store is unavailable: {0}")]
+pub struct StoreUnavailable(pub(crate) String);
+
+/// A relay's answer: at once (memory), or once a shared store has answered.
+pub(crate) enum Answer<T> {
+    /// Here it is.
+    Now(T),
+    /// It comes when the store answers. Requests to the store are sent in
+    /// the order the answers were made, whatever order they are awaited in.
+    Later(Pin<Box<dyn Future<Output = Result<T, StoreUnavailable>> + Send>>),
+}
+
+impl<T> Answer<T> {
+    /// Waits for the answer.
+    pub(crate) async fn get(self) -> Result<T, StoreUnavailable> {
+        match self {
+            Answer::Now(value) => Ok(value),
+            Answer::Later(later) => later.await,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Answer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Answer::Now(_) => "Answer::Now",
+            Answer::Later(_) => "Answer::Later",
         })
     }
 }
@@ -116,7 +155,7 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
     /// is on): gives it an offset and retains it when the topic keeps
     /// history, delivers it to this node's subscribers and sends it to the
     /// other nodes, as one step per topic.
-    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published;
+    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Answer<Published>;
 
     /// Subscribes to `filter` (which becomes the registry's shared copy).
     /// On a topic that keeps history, also returns where the history stands
@@ -126,7 +165,7 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
         &self,
         filter: &mut Filter,
         resume: Option<&Resume>,
-    ) -> (DeliveryReceiver, Recovery);
+    ) -> (DeliveryReceiver, Answer<Recovery>);
 
     /// Starts following interest and receiving from other nodes. Called once,
     /// within the runtime, when the broker starts serving.
@@ -137,9 +176,9 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
 
     /// Where the history of the topic `filter` stands (`None`: a pattern,
     /// or a topic that keeps no history).
-    fn position(&self, filter: &Filter) -> Option<Position> {
+    fn position(&self, filter: &Filter) -> Answer<Option<Position>> {
         let _ = filter;
-        None
+        Answer::Now(None)
     }
 
     /// Up to `limit` retained messages of `topic`: the latest, or with
@@ -147,9 +186,14 @@ pub(crate) trait Relay: Send + Sync + fmt::Debug {
     /// `None` when the topic keeps no history.
     ///
     /// [`HistoryStore::read`]: crate::history::HistoryStore::read
-    fn history(&self, topic: &Topic, from: Option<&Resume>, limit: usize) -> Option<Excerpt> {
+    fn history(
+        &self,
+        topic: &Topic,
+        from: Option<&Resume>,
+        limit: usize,
+    ) -> Answer<Option<Excerpt>> {
         let _ = (topic, from, limit);
-        None
+        Answer::Now(None)
     }
 
     /// The state of the link to the other nodes.

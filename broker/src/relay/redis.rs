@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::delivery::Delivery;
-use crate::history::{Recovery, Resume};
+use crate::history::{Excerpt, HistoryPolicy, Position, Recovery, Resume};
 use crate::interest::InterestQueue;
 use crate::metrics::Metrics;
 use crate::registry::{DeliveryReceiver, TopicRegistry};
@@ -32,8 +32,10 @@ use crate::relay::link::{
     REDIS_TIMEOUT, RELAY_BATCH, Throttle, Wanted, now_us, wait_offline,
 };
 use crate::relay::sharded;
+use crate::relay::shared_history::{self, SharedHistory};
+use crate::relay::streams::{Connector, StreamTask, stream_history};
 use crate::relay::wire::{self, Names, Outbound, Subscription};
-use crate::relay::{ClusterError, LinkState, Published, RedisTlsFiles, Relay};
+use crate::relay::{Answer, ClusterError, LinkState, Published, RedisTlsFiles, Relay};
 use crate::sync::lock;
 
 /// How many channels (or globs) one `SUBSCRIBE`-like command names at most.
@@ -53,6 +55,30 @@ enum Mode {
 struct Pending {
     mode: Mode,
     outbound: OutboundReceiver,
+    /// The history store's task, when topics keep history.
+    store: Option<StreamTask>,
+}
+
+/// How a node reaches Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RedisLink<'a> {
+    /// `redis://` or `rediss://`.
+    pub(crate) url: &'a str,
+    /// The prefix of every channel and key.
+    pub(crate) prefix: &'a str,
+    /// Whether `url` is a Redis Cluster, used through sharded pub/sub.
+    pub(crate) sharded: bool,
+    /// The TLS files of a `rediss://` URL.
+    pub(crate) tls: RedisTlsFiles<'a>,
+}
+
+/// The history settings of a cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct HistorySettings {
+    /// Which topics keep how many messages.
+    pub(crate) policy: HistoryPolicy,
+    /// Seconds a history lives after its last message (0: no limit).
+    pub(crate) ttl: u64,
 }
 
 /// The relay of a node in a cluster.
@@ -62,6 +88,9 @@ pub(crate) struct RedisRelay {
     /// Warnings about messages dropped because the relay queue is full.
     full: Throttle,
     up: Arc<AtomicBool>,
+    /// The registry's interest, which the link follows.
+    interest: Arc<InterestQueue>,
+    history: Option<SharedHistory>,
     pending: Mutex<Option<Pending>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -111,20 +140,29 @@ impl RedisRelay {
     /// Connects nothing yet: [`Relay::start`] does, and never waits for
     /// Redis (an unreachable Redis only means the link starts down).
     pub(crate) fn new(
-        url: &str,
-        prefix: &str,
-        sharded: bool,
-        tls: RedisTlsFiles<'_>,
+        redis: RedisLink<'_>,
+        history: HistorySettings,
         registry: Arc<TopicRegistry>,
         metrics: Arc<Metrics>,
         node: Arc<str>,
     ) -> Result<Self, ClusterError> {
+        let RedisLink {
+            url,
+            prefix,
+            sharded,
+            tls,
+        } = redis;
         let (outbound, outbound_rx) = link::outbound(metrics.relay_queue_bytes.clone());
+        let names = if sharded {
+            Names::tagged(prefix)
+        } else {
+            Names::new(prefix)
+        };
         let inbound = Inbound {
             registry,
             metrics,
             node,
-            names: Names::new(prefix),
+            names,
             rejected: Arc::default(),
         };
         let certificates = tls_certificates(url, tls)?;
@@ -142,17 +180,38 @@ impl RedisRelay {
                 None => redis::Client::open(url).map_err(ClusterError::InvalidUrl)?,
             }))
         };
+        let interest = Arc::new(InterestQueue::default());
+        let (history, store) = if history.policy.is_enabled() {
+            let connector = match &mode {
+                Mode::Classic(client) => Connector::Classic(client.clone()),
+                Mode::Sharded(client) => Connector::Cluster(client.clone()),
+            };
+            let (store, task) = stream_history(connector, inbound.names.clone(), history.ttl);
+            let history = SharedHistory::new(history.policy, store, interest.clone());
+            (Some(history), Some(task))
+        } else {
+            (None, None)
+        };
         Ok(RedisRelay {
             inbound,
             outbound,
             full: Throttle::default(),
             up: Arc::new(AtomicBool::new(false)),
+            interest,
+            history,
             pending: Mutex::new(Some(Pending {
                 mode,
                 outbound: outbound_rx,
+                store,
             })),
             tasks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The topic's history, and its length, when it keeps one.
+    fn history_of(&self, topic: &Topic) -> Option<(&SharedHistory, usize)> {
+        let history = self.history.as_ref()?;
+        Some((history, history.length(topic)?))
     }
 
     /// Queues `delivery` for the other nodes, encoded. Never waits: when
@@ -184,35 +243,73 @@ impl RedisRelay {
 }
 
 impl Relay for RedisRelay {
-    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Published {
+    fn publish(&self, topic: Topic, payload: Payload, from: Option<Arc<str>>) -> Answer<Published> {
+        if let Some((history, length)) = self.history_of(&topic) {
+            let outbound = shared_history::outbound(topic, payload, from);
+            return history.publish(&self.inbound.node, outbound, length);
+        }
         let delivery =
             Delivery::new(topic, payload, None, self.inbound.node.clone()).with_from(from);
         // Broker topics are per node.
         if !delivery.topic.is_reserved() {
             self.relay(&delivery);
         }
-        Published::unnumbered(self.inbound.registry.publish(delivery))
+        Answer::Now(Published::unnumbered(
+            self.inbound.registry.publish(delivery),
+        ))
     }
 
     fn subscribe(
         &self,
         filter: &mut Filter,
-        _resume: Option<&Resume>,
-    ) -> (DeliveryReceiver, Recovery) {
-        (
-            self.inbound.registry.subscribe_shared(filter),
-            Recovery::default(),
-        )
+        resume: Option<&Resume>,
+    ) -> (DeliveryReceiver, Answer<Recovery>) {
+        let rx = self.inbound.registry.subscribe_shared(filter);
+        let recovery = match filter.as_topic() {
+            Some(topic) => match self.history_of(&topic) {
+                Some((history, _)) => history.recover(topic, resume),
+                None => Answer::Now(Recovery::default()),
+            },
+            None => Answer::Now(Recovery::default()),
+        };
+        (rx, recovery)
+    }
+
+    fn position(&self, filter: &Filter) -> Answer<Option<Position>> {
+        match filter.as_topic() {
+            Some(topic) => match self.history_of(&topic) {
+                Some((history, _)) => history.position(topic),
+                None => Answer::Now(None),
+            },
+            None => Answer::Now(None),
+        }
+    }
+
+    fn history(
+        &self,
+        topic: &Topic,
+        from: Option<&Resume>,
+        limit: usize,
+    ) -> Answer<Option<Excerpt>> {
+        match self.history_of(topic) {
+            Some((history, _)) => history.excerpt(topic, from, limit),
+            None => Answer::Now(None),
+        }
     }
 
     fn start(&self) {
-        let Some(Pending { mode, outbound }) = lock(&self.pending).take() else {
+        let Some(Pending {
+            mode,
+            outbound,
+            store,
+        }) = lock(&self.pending).take()
+        else {
             return;
         };
-        let interest = Arc::new(InterestQueue::default());
+        let interest = self.interest.clone();
         self.inbound.registry.report_interest(interest.clone());
         let prefix = self.inbound.names.prefix();
-        let tasks = match mode {
+        let mut tasks = match mode {
             Mode::Classic(client) => {
                 let client = *client;
                 info!(%prefix, "clustering through redis");
@@ -237,6 +334,9 @@ impl Relay for RedisRelay {
                 ))]
             }
         };
+        if let Some(store) = store {
+            tasks.push(tokio::spawn(store.run()));
+        }
         *lock(&self.tasks) = tasks;
     }
 
@@ -419,8 +519,10 @@ async fn session(
     };
     let (mut sink, mut stream) = pubsub.split();
     // What changed while the link was down is in `wanted` already.
-    wanted.apply(&inbound.names, interest.take());
+    let (taken, number) = interest.take_numbered();
+    wanted.apply(&inbound.names, taken);
     make_changes(&sink, &wanted.all()).await?;
+    interest.applied(number);
     if backoff.failures() > 0 {
         inbound.metrics.redis_reconnects.inc();
         info!(subscriptions = wanted.len(), "redis link restored");
@@ -444,10 +546,12 @@ async fn session(
                 );
             }
             () = interest.changed() => {
-                let changes = wanted.apply(&inbound.names, interest.take());
+                let (taken, number) = interest.take_numbered();
+                let changes = wanted.apply(&inbound.names, taken);
                 if !changes.is_empty() {
                     make_changes(&sink, &changes).await?;
                 }
+                interest.applied(number);
             }
             _ = heartbeat.tick() => {
                 match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<()>()).await {

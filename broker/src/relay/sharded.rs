@@ -172,8 +172,10 @@ async fn session(
         };
     // Sharded subscriptions are resubscribed by the client after it
     // reconnects by itself; on a new connection they are made here.
-    wanted.apply(names, interest.take());
+    let (taken, number) = interest.take_numbered();
+    wanted.apply(names, taken);
     make_changes(&conn, &wanted.all()).await?;
+    interest.applied(number);
     if backoff.failures() > 0 {
         metrics.redis_reconnects.inc();
         info!(subscriptions = wanted.len(), "redis cluster link restored");
@@ -236,10 +238,12 @@ async fn session(
             }
             () = tokio::time::sleep_until(resume_at), if Instant::now() < resume_at => {}
             () = interest.changed() => {
-                let changes = wanted.apply(names, interest.take());
+                let (taken, number) = interest.take_numbered();
+                let changes = wanted.apply(names, taken);
                 if !changes.is_empty() {
                     make_changes(&conn, &changes).await?;
                 }
+                interest.applied(number);
             }
             _ = heartbeat.tick() => {
                 let (ping, mut conn) = (redis::cmd("PING"), conn.clone());

@@ -16,6 +16,10 @@ const FLAG_FROM: u8 = 2;
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
     prefix: String,
+    /// Channels carry the topic as a hash tag, `<prefix>:t:{<topic>}`, so
+    /// that in a Redis Cluster a topic's channel and history keys live on
+    /// one shard.
+    tagged: bool,
 }
 
 /// What a node subscribes to in Redis for one topic or pattern.
@@ -31,6 +35,15 @@ impl Names {
     pub(crate) fn new(prefix: &str) -> Self {
         Names {
             prefix: prefix.to_owned(),
+            tagged: false,
+        }
+    }
+
+    /// Names for sharded pub/sub: topic channels carry a hash tag.
+    pub(crate) fn tagged(prefix: &str) -> Self {
+        Names {
+            prefix: prefix.to_owned(),
+            tagged: true,
         }
     }
 
@@ -41,7 +54,21 @@ impl Names {
 
     /// The channel of `topic`.
     pub(crate) fn channel(&self, topic: &str) -> String {
-        format!("{}:t:{topic}", self.prefix)
+        if self.tagged {
+            format!("{}:t:{{{topic}}}", self.prefix)
+        } else {
+            format!("{}:t:{topic}", self.prefix)
+        }
+    }
+
+    /// The key of `topic`'s history stream.
+    pub(crate) fn stream(&self, topic: &str) -> String {
+        format!("{}:h:{{{topic}}}", self.prefix)
+    }
+
+    /// The key of the hash with `topic`'s epoch and latest offset.
+    pub(crate) fn meta(&self, topic: &str) -> String {
+        format!("{}:e:{{{topic}}}", self.prefix)
     }
 
     /// The Redis subscription for a filter: a channel for a topic, a glob for
@@ -61,9 +88,14 @@ impl Names {
 
     /// The topic (or the glob over topics) behind a channel name.
     pub(crate) fn topic_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel
+        let topic = channel
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":t:")
+            .strip_prefix(":t:")?;
+        if self.tagged {
+            topic.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(topic)
+        }
     }
 }
 
@@ -175,6 +207,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Relayed<'_>> {
     })
 }
 
+/// Splits a numbered channel message, `h<offset> <epoch> <message>`, into
+/// its parts; `None` when it is not one.
+pub(crate) fn split_numbered(bytes: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let rest = bytes.strip_prefix(b"h")?;
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let offset = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+    let rest = &rest[space + 1..];
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let epoch = std::str::from_utf8(&rest[..space]).ok()?;
+    Some((offset, epoch, &rest[space + 1..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +244,11 @@ mod tests {
         );
         assert_eq!(names.topic_of("st:t:a.b"), Some("a.b"));
         assert_eq!(names.topic_of("other:t:a.b"), None);
+        let tagged = Names::tagged("st");
+        assert_eq!(tagged.channel("a.b"), "st:t:{a.b}");
+        assert_eq!(tagged.topic_of("st:t:{a.b}"), Some("a.b"));
+        assert_eq!(tagged.topic_of("st:t:a.b"), None);
+        assert_eq!(tagged.stream("a.b"), "st:h:{a.b}");
     }
 
     #[test]
@@ -215,6 +264,17 @@ mod tests {
         assert!(!relayed_through(&f("metrics.*"), "metrics.*.x"));
         assert!(!relayed_through(&f("metrics.*.x"), "metrics.*"));
         assert!(!relayed_through(&f("a.*"), "b.*"));
+    }
+
+    #[test]
+    fn numbered_messages_split_into_offset_epoch_and_message() {
+        assert_eq!(
+            split_numbered(b"h42 abc-1 \x01rest"),
+            Some((42, "abc-1", &b"\x01rest"[..]))
+        );
+        assert_eq!(split_numbered(b"\x01plain"), None);
+        assert_eq!(split_numbered(b"hx y z"), None);
+        assert_eq!(split_numbered(b"h1 nospace"), None);
     }
 
     #[test]
