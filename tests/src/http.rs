@@ -138,3 +138,31 @@ pub fn json_str(json: &str, key: &str) -> String {
         other => panic!("field {key:?} of {json} is not a string: {other:?}"),
     }
 }
+
+/// Checks that `GET /api/history` pages are bounded in bytes (4 MiB of
+/// messages) as well as in count, on `broker`, whose topics keep at least 6
+/// messages: six messages of about 900 KB on `topic`, then the latest page
+/// holds the newest four, and a page from `since=0` the oldest four.
+pub async fn assert_history_pages_are_bounded_in_bytes(broker: &crate::TestBroker, topic: &str) {
+    let mut publisher = broker.json().await;
+    let big = format!("\"{}\"", "x".repeat(900_000));
+    for _ in 0..6 {
+        publisher.publish(topic, &big).await;
+    }
+    let offsets = |page: &str| -> Vec<u64> {
+        let page: serde_json::Value = serde_json::from_str(page).expect("a JSON page");
+        page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["offset"].as_u64().expect("an offset"))
+            .collect()
+    };
+    let base = format!("{}/api/history?topic={topic}", broker.http_url());
+    let (status, latest) = http_get(&base).await;
+    assert_eq!(status, 200);
+    assert_eq!(offsets(&latest), [3, 4, 5, 6]);
+    let (status, first) = http_get(&format!("{base}&since=0")).await;
+    assert_eq!(status, 200);
+    assert_eq!(offsets(&first), [1, 2, 3, 4]);
+}

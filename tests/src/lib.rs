@@ -26,8 +26,8 @@ pub use broker::{TestBroker, broker, broker_on, broker_on_with, broker_with, sto
 pub use client::Client;
 pub use delay::DelayProxy;
 pub use http::{
-    HttpAnswer, http_get, http_post, http_request, http_request_with, json_field, json_str, metric,
-    parse_json, wait_for_metric,
+    HttpAnswer, assert_history_pages_are_bounded_in_bytes, http_get, http_post, http_request,
+    http_request_with, json_field, json_str, metric, parse_json, wait_for_metric,
 };
 pub use process::{raise_fd_limit, worker_panics};
 pub use raw::{RawFrame, RawHttpAnswer, RawWs};

@@ -298,3 +298,10 @@ fn the_history_store_must_fit_the_other_settings() {
     let refused = Broker::new(config).unwrap_err();
     assert!(matches!(refused, StartError::HistoryStore(_)), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_api_pages_from_redis_are_bounded_in_bytes() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis, 10).await;
+    starling_tests::assert_history_pages_are_bounded_in_bytes(&a, "big").await;
+}

@@ -376,3 +376,9 @@ async fn the_history_api_pages_through_what_is_retained() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn history_api_pages_are_bounded_in_bytes() {
+    let broker = broker(10).await;
+    starling_tests::assert_history_pages_are_bounded_in_bytes(&broker, "big").await;
+}

@@ -156,6 +156,11 @@ impl Replay {
     }
 }
 
+/// The most bytes of messages (payload and topic) one page of a history
+/// read without subscribing holds: the page ends before the message that
+/// would pass it (but holds at least one message).
+pub(crate) const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// A page of a topic's history, read without subscribing (`GET
 /// /api/history`).
 #[derive(Debug)]
@@ -203,13 +208,22 @@ impl HistoryStore {
                 (false, first.saturating_sub(wanted), skip)
             }
         };
-        let messages = guard
-            .messages
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect();
+        // Within the byte bound, from the first message of the page: the
+        // oldest after `from`, or the newest.
+        let mut bytes = 0;
+        let mut within = |delivery: &&Arc<Delivery>| {
+            let first = bytes == 0;
+            bytes += crate::ring::Weigh::weight(*delivery);
+            first || bytes <= PAGE_BYTES
+        };
+        let page = guard.messages.iter().skip(skip).take(limit);
+        let messages = if from.is_some() {
+            page.take_while(&mut within).cloned().collect()
+        } else {
+            let mut newest: Vec<_> = page.rev().take_while(&mut within).cloned().collect();
+            newest.reverse();
+            newest
+        };
         Some(Excerpt {
             position,
             reset,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use starling_protocol::{Payload, Topic};
 
-use crate::history::{Excerpt, HistoryPolicy, Position, Recovery, Replay, Resume};
+use crate::history::{Excerpt, HistoryPolicy, PAGE_BYTES, Position, Recovery, Replay, Resume};
 use crate::interest::InterestQueue;
 use crate::relay::link::{REDIS_TIMEOUT, now_us};
 use crate::relay::streams::{Read, StreamHistory};
@@ -68,6 +68,7 @@ impl SharedHistory {
             topic,
             from: resume.cloned(),
             limit: if resume.is_some() { None } else { Some(0) },
+            bytes: None,
         };
         let since = resume.map(|r| r.since);
         let settled = self.interest.settled(REDIS_TIMEOUT);
@@ -99,6 +100,7 @@ impl SharedHistory {
             topic,
             from: None,
             limit: Some(0),
+            bytes: None,
         });
         Answer::Later(Box::pin(async move { Ok(Some(read.await?.position)) }))
     }
@@ -117,6 +119,7 @@ impl SharedHistory {
             topic: topic.clone(),
             from: from.cloned(),
             limit: Some(limit),
+            bytes: Some(PAGE_BYTES),
         });
         Answer::Later(Box::pin(async move {
             let page = read.await?;

@@ -83,7 +83,8 @@ return {offset, epoch}
 /// KEYS: the stream, the hash. ARGV: `since` (empty: the latest messages),
 /// the client's epoch (may be empty), how many messages (negative: all), a
 /// new epoch (used when the topic has none), how long a hash made by a read
-/// lives (seconds). A position that is void (another epoch, or past the
+/// lives (seconds), the most bytes of messages after `since` (0: no limit;
+/// at least one message is read). A position that is void (another epoch, or past the
 /// latest offset) reads from the oldest retained message.
 /// Returns `{epoch, latest, reset, entries}`, entries oldest first.
 pub(crate) const READ: &str = concat!(
@@ -99,11 +100,20 @@ local entries = {}
 if limit == 0 then
   return {epoch, latest, reset, entries}
 end
+local cap = tonumber(ARGV[6])
 if ARGV[1] == '' then
   local count = {}
   if limit > 0 then count = {'COUNT', limit} end
   local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', unpack(count))
-  for i = #newest, 1, -1 do entries[#entries + 1] = newest[i] end
+  local bytes, last = 0, #newest
+  for i, entry in ipairs(newest) do
+    bytes = bytes + #entry[2][2]
+    if cap > 0 and i > 1 and bytes > cap then
+      last = i - 1
+      break
+    end
+  end
+  for i = last, 1, -1 do entries[#entries + 1] = newest[i] end
   return {epoch, latest, reset, entries}
 end
 local since = tonumber(ARGV[1])
@@ -115,6 +125,15 @@ if limit > 0 then
   entries = redis.call('XRANGE', KEYS[1], '(' .. since .. '-0', '+', 'COUNT', limit)
 else
   entries = redis.call('XRANGE', KEYS[1], '(' .. since .. '-0', '+')
+end
+if cap > 0 then
+  local bytes, kept = 0, {}
+  for i, entry in ipairs(entries) do
+    bytes = bytes + #entry[2][2]
+    if i > 1 and bytes > cap then break end
+    kept[i] = entry
+  end
+  entries = kept
 end
 return {epoch, latest, reset, entries}
 "
@@ -162,6 +181,9 @@ pub(crate) struct Read {
     pub(crate) from: Option<Resume>,
     /// How many messages at most; `None`: all retained.
     pub(crate) limit: Option<usize>,
+    /// How many bytes of messages at most, after `since` (`None`: no
+    /// limit); at least one message is read.
+    pub(crate) bytes: Option<usize>,
 }
 
 enum Request {
@@ -394,7 +416,8 @@ impl StreamTask {
                         self.ttl
                     } else {
                         READ_ONLY_TTL
-                    });
+                    })
+                    .arg(read.bytes.unwrap_or(0));
                 let result = conn.invoke(cmd).await;
                 let _ = reply.send(
                     result
