@@ -316,6 +316,8 @@ pub(crate) async fn subscribe(
 ) -> Result<Subscribed, String> {
     for (i, topic) in topics.iter().enumerate() {
         let envelope = Envelope::Subscribe {
+            name: None,
+            info: None,
             epoch: None,
             id: Some(i as u64 + 1),
             topic: Filter::new(topic).map_err(|e| format!("bad topic {topic:?}: {e}"))?,

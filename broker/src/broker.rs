@@ -16,6 +16,7 @@ use crate::history::{
 };
 use crate::metrics::{Metrics, Source};
 use crate::origin::{OriginPolicy, OriginRuleError};
+use crate::presence::Presence;
 use crate::registry::{DeliveryReceiver, TopicRegistry};
 use crate::relay::memory::MemoryRelay;
 use crate::relay::redis::{HistorySettings, RedisLink, RedisRelay};
@@ -83,6 +84,8 @@ struct Shared {
     limits: Limits,
     registry: Arc<TopicRegistry>,
     relay: Box<dyn Relay>,
+    /// Who is on the `--presence` topics; `None` without such topics.
+    presence: Option<Arc<Presence>>,
     /// Verifies clients' tokens; `None` when auth is off.
     verifier: Option<Verifier>,
     origins: OriginPolicy,
@@ -192,8 +195,18 @@ impl Broker {
                 Box::new(MemoryRelay::new(registry.clone(), history, node_id.clone()))
             }
         };
+        let presence = (!config.presence_prefixes.is_empty()).then(|| {
+            Presence::new(
+                config.presence_prefixes.clone(),
+                Duration::from_millis(config.presence_grace_ms),
+                registry.clone(),
+                metrics.clone(),
+                node_id.clone(),
+            )
+        });
         Ok(Broker {
             shared: Arc::new(Shared {
+                presence,
                 node_id,
                 limits: config.limits(),
                 registry,
@@ -210,6 +223,11 @@ impl Broker {
                 config,
             }),
         })
+    }
+
+    /// Presence, when some topics keep it.
+    pub(crate) fn presence(&self) -> Option<&Arc<Presence>> {
+        self.shared.presence.as_ref()
     }
 
     /// Whether connections echo messages (see [`Broker::echo`]).

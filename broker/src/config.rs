@@ -209,6 +209,23 @@ pub struct Config {
     #[arg(long, env = "STARLING_HISTORY_STORE", value_enum)]
     pub history_store: Option<HistoryStore>,
 
+    /// Keep presence (who is subscribed: `presence`, `join`, `leave`) on
+    /// topics starting with this prefix, e.g. `chat.` (repeat the flag or
+    /// separate with commas).
+    #[arg(
+        long = "presence",
+        env = "STARLING_PRESENCE",
+        value_delimiter = ',',
+        value_name = "PREFIX"
+    )]
+    pub presence_prefixes: Vec<String>,
+
+    /// How long a member whose last session ended stays a member before
+    /// its `leave` is announced, in milliseconds (a session that comes back
+    /// within it announces nothing).
+    #[arg(long, env = "STARLING_PRESENCE_GRACE_MS", default_value_t = 5_000)]
+    pub presence_grace_ms: u64,
+
     /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` or, over TLS,
     /// `rediss://redis.internal:6380` (default:
     /// none, a single node).

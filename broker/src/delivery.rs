@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use starling_protocol::{Codec, Envelope, Filter, Frame, Payload, Topic};
+use starling_protocol::{Codec, Envelope, Filter, Frame, Payload, Topic, Value};
 
 use starling_protocol::framing::{self, Kind};
 
@@ -28,6 +28,9 @@ pub struct Delivery {
     pub(crate) origin: Arc<str>,
     /// The publisher's identity, when auth is on.
     pub(crate) from: Option<Arc<str>>,
+    /// A broker event on the topic (`join`, `leave`) sent instead of a
+    /// `message`.
+    event: Option<Box<Envelope>>,
     /// What memory bounds count it as: its payload and topic, in bytes.
     weight: usize,
     encoded: [OnceLock<Option<Box<[u8]>>>; 2],
@@ -51,8 +54,17 @@ impl Delivery {
             sub: None,
             origin,
             from: None,
+            event: None,
             encoded: Default::default(),
         }
+    }
+
+    /// A broker event on `topic` (`join`, `leave`), delivered in order with
+    /// its messages.
+    pub(crate) fn event(topic: Topic, event: Envelope, origin: Arc<str>) -> Self {
+        let mut delivery = Delivery::new(topic, Payload::from_value(Value::Null), None, origin);
+        delivery.event = Some(Box::new(event));
+        delivery
     }
 
     /// The same delivery, published by `from` (a token's `sub`).
@@ -77,6 +89,7 @@ impl Delivery {
             sub: Some(sub),
             origin: self.origin.clone(),
             from: self.from.clone(),
+            event: self.event.clone(),
             weight: self.weight,
             encoded: Default::default(),
         }
@@ -90,6 +103,13 @@ impl Delivery {
             Codec::MsgPack => &self.encoded[1],
         };
         slot.get_or_init(|| {
+            if let Some(event) = &self.event {
+                return codec.encode(event).ok().map(|frame| {
+                    let mut wire = Vec::new();
+                    write_protocol_frame(&mut wire, &frame);
+                    wire.into_boxed_slice()
+                });
+            }
             let envelope = Envelope::Message {
                 topic: self.topic.clone(),
                 payload: self.payload.clone(),

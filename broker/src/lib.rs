@@ -57,6 +57,7 @@ mod listener;
 mod metrics;
 mod origin;
 mod prefixed;
+mod presence;
 mod rate;
 mod registry;
 mod relay;

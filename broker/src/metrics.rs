@@ -63,6 +63,9 @@ pub struct Metrics {
     pub(crate) history_bytes: Gauge,
     pub(crate) history_resets: Counter,
     pub(crate) history_expired: Counter,
+    pub(crate) presence_members: Gauge,
+    pub(crate) presence_sessions: Gauge,
+    pub(crate) presence_events: Counter,
     published: Family<SourceLabel, Counter>,
     published_total: Counter,
     pub(crate) delivered: Counter,
@@ -102,6 +105,9 @@ impl Metrics {
             history_bytes: Gauge::default(),
             history_resets: Counter::default(),
             history_expired: Counter::default(),
+            presence_members: Gauge::default(),
+            presence_sessions: Gauge::default(),
+            presence_events: Counter::default(),
             published: Family::default(),
             published_total: Counter::default(),
             delivered: Counter::default(),
@@ -166,6 +172,21 @@ impl Metrics {
             "history_expired",
             "Topic histories dropped by --history-ttl",
             m.history_expired.clone(),
+        );
+        registry.register(
+            "presence_members",
+            "Members of presence topics (an identity per topic, its sessions folded)",
+            m.presence_members.clone(),
+        );
+        registry.register(
+            "presence_sessions",
+            "Subscriptions to presence topics",
+            m.presence_sessions.clone(),
+        );
+        registry.register(
+            "presence_events",
+            "join and leave events announced (each once per topic, whatever its subscribers)",
+            m.presence_events.clone(),
         );
         registry.register(
             "messages_published",

@@ -66,6 +66,8 @@ async fn replays_to_a_connection_that_never_reads_are_paged() {
     let id = reader.next_id();
     reader
         .send(&Envelope::Subscribe {
+            name: None,
+            info: None,
             epoch: None,
             id: Some(id),
             topic: Filter::new("big.history").unwrap(),
@@ -86,6 +88,8 @@ async fn replays_to_a_connection_that_never_reads_are_paged() {
     let mut frames = Vec::new();
     for _ in 0..50 {
         frames.extend(text_frame(&Envelope::Subscribe {
+            name: None,
+            info: None,
             epoch: None,
             id: None,
             topic: topic.clone(),
@@ -133,6 +137,8 @@ async fn a_subscriber_that_never_reads_holds_at_most_its_bounds() {
     let mut sleeper = RawWs::connect(addr.parse().unwrap()).await;
     sleeper
         .write_raw(&text_frame(&Envelope::Subscribe {
+            name: None,
+            info: None,
             epoch: None,
             id: Some(1),
             topic: Filter::new("flood").unwrap(),

@@ -99,6 +99,8 @@ async fn chat_as(addr: &str, token: &str, sub: &str) {
     };
     let answer = client
         .request(&Envelope::Subscribe {
+            name: None,
+            info: None,
             epoch: None,
             id: Some(100),
             topic: Filter::new("other.x").unwrap(),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::codes::ErrorCode;
-use crate::envelope::{CodecName, Envelope, Limits};
+use crate::envelope::{CodecName, Envelope, Limits, Member};
 use crate::error::CodecError;
 use crate::payload::{Payload, from_msgpack};
 use crate::topic::{Filter, Topic};
@@ -301,6 +301,10 @@ struct ClientRawFrame<'a> {
     payload: Option<Payload>,
     #[serde(borrow, default, deserialize_with = "text")]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "some_payload")]
+    info: Option<Payload>,
 }
 
 fn need(id: Option<u64>, field: &'static str) -> CodecError {
@@ -327,6 +331,8 @@ impl ClientRawFrame<'_> {
                 topic: filter(id, self.topic)?,
                 since: self.since,
                 epoch: self.epoch.map(|e| Arc::from(e.as_ref())),
+                name: self.name.map(Cow::into_owned),
+                info: self.info,
             },
             "unsubscribe" => Envelope::Unsubscribe {
                 id,
@@ -341,6 +347,12 @@ impl ClientRawFrame<'_> {
             "refresh" => Envelope::Refresh {
                 id,
                 token: self.token.ok_or_else(|| need(id, "token"))?.into_owned(),
+            },
+            "presence" => Envelope::Presence {
+                id,
+                topic: topic(id, self.topic)?,
+                count: None,
+                members: None,
             },
             other => {
                 return Err(CodecError::UnknownType {
@@ -382,6 +394,13 @@ struct RawFrame<'a> {
     from: Option<Cow<'a, str>>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "some_payload")]
+    info: Option<Payload>,
+    count: Option<u64>,
+    members: Option<Vec<Member>>,
+    member: Option<Member>,
 }
 
 impl RawFrame<'_> {
@@ -422,6 +441,21 @@ impl RawFrame<'_> {
                     (missed, _) => Some(missed.ok_or_else(|| need(id, "missed"))?),
                 },
             },
+            // The broker's answer; a client's question has no `count`.
+            "presence" if self.count.is_some() => Envelope::Presence {
+                id,
+                topic: topic(id, self.topic)?,
+                count: self.count,
+                members: self.members,
+            },
+            "join" => Envelope::Join {
+                topic: topic(id, self.topic)?,
+                member: self.member.ok_or_else(|| need(id, "member"))?,
+            },
+            "leave" => Envelope::Leave {
+                topic: topic(id, self.topic)?,
+                member: self.member.ok_or_else(|| need(id, "member"))?,
+            },
             _ => ClientRawFrame {
                 kind: Some(kind),
                 id,
@@ -430,6 +464,8 @@ impl RawFrame<'_> {
                 epoch: self.epoch,
                 payload: self.payload,
                 token: self.token,
+                name: self.name,
+                info: self.info,
             }
             .into_envelope()?,
         })
@@ -445,12 +481,16 @@ mod tests {
         let topic = Topic::new("chat.lobby").unwrap();
         vec![
             Envelope::Subscribe {
+                name: None,
+                info: None,
                 epoch: None,
                 id: Some(1),
                 topic: Filter::new("chat.*").unwrap(),
                 since: Some(7),
             },
             Envelope::Subscribe {
+                name: None,
+                info: None,
                 epoch: None,
                 id: None,
                 topic: Filter::new("a").unwrap(),

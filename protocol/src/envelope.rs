@@ -81,8 +81,9 @@ pub enum CodecName {
 
 /// One wire message, in either direction.
 ///
-/// Client to broker: `Subscribe`, `Unsubscribe`, `Publish`, `Ping`, `Refresh`.
-/// Broker to client: `Welcome`, `Message`, `Ack`, `Error`, `Lagged`, `Pong`.
+/// Client to broker: `Subscribe`, `Unsubscribe`, `Publish`, `Ping`, `Refresh`,
+/// `Presence`. Broker to client: `Welcome`, `Message`, `Ack`, `Error`,
+/// `Lagged`, `Pong`, `Presence`, `Join`, `Leave`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Envelope {
@@ -99,6 +100,14 @@ pub enum Envelope {
         /// The epoch `since` belongs to, as the client last saw it.
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<Arc<str>>,
+        /// On a presence topic without auth: the member's name (1 to 64
+        /// bytes).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// On a presence topic: what others see of this session (an object
+        /// of at most 1 KiB).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<Payload>,
     },
     /// Stop receiving messages on a topic or pattern.
     Unsubscribe {
@@ -203,6 +212,51 @@ pub enum Envelope {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Who is subscribed to a presence topic: asked by a client (`count`
+    /// and `members` absent), answered by the broker with the same `id`.
+    Presence {
+        /// Correlation id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The topic.
+        topic: Topic,
+        /// How many members the topic has (in the answer).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// The members, at most 1,000 (in the answer).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Member>>,
+    },
+    /// A member's first session subscribed to a presence topic.
+    Join {
+        /// The topic.
+        topic: Topic,
+        /// The member, with its `info`.
+        member: Member,
+    },
+    /// A member's last session left a presence topic, and did not come back
+    /// within the grace period.
+    Leave {
+        /// The topic.
+        topic: Topic,
+        /// The member (its `name` only).
+        member: Member,
+    },
+}
+
+/// A member of a presence topic: an identity, with its sessions folded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The identity: the token's `sub`, the `name` given in `subscribe`, or
+    /// a name the broker chose for the connection.
+    pub name: Arc<str>,
+    /// How many sessions (subscribed connections) it has, in a `presence`
+    /// answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
+    /// The `info` of its newest session, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Payload>,
 }
 
 impl CodecError {
@@ -227,6 +281,9 @@ impl Envelope {
             Envelope::Error { .. } => "error",
             Envelope::Lagged { .. } => "lagged",
             Envelope::Pong { .. } => "pong",
+            Envelope::Presence { .. } => "presence",
+            Envelope::Join { .. } => "join",
+            Envelope::Leave { .. } => "leave",
         }
     }
 
@@ -239,6 +296,7 @@ impl Envelope {
                 | Envelope::Publish { .. }
                 | Envelope::Ping { .. }
                 | Envelope::Refresh { .. }
+                | Envelope::Presence { count: None, .. }
         )
     }
 
@@ -250,6 +308,7 @@ impl Envelope {
             | Envelope::Publish { id, .. }
             | Envelope::Ping { id }
             | Envelope::Refresh { id, .. }
+            | Envelope::Presence { id, .. }
             | Envelope::Pong { id }
             | Envelope::Error { id, .. } => *id,
             Envelope::Ack { id, .. } => Some(*id),

@@ -37,7 +37,7 @@ mod topic;
 
 pub use codec::{Codec, Frame, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, NegotiationError};
 pub use codes::{CloseCode, ErrorCode, HttpErrorCode};
-pub use envelope::{CodecName, Envelope, Limits, PROTOCOL_VERSION};
+pub use envelope::{CodecName, Envelope, Limits, Member, PROTOCOL_VERSION};
 pub use error::CodecError;
 pub use payload::{Payload, Value};
 pub use topic::{Filter, MAX_TOPIC_BYTES, Topic, TopicError};

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use starling_protocol::{
-    Codec, CodecName, Envelope, ErrorCode, Filter, Frame, Limits, Payload, Topic, Value,
+    Codec, CodecName, Envelope, ErrorCode, Filter, Frame, Limits, Member, Payload, Topic, Value,
 };
 
 struct Fixture {
@@ -57,6 +57,8 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "subscribe.json",
             Envelope::Subscribe {
+                name: None,
+                info: None,
                 epoch: None,
                 id: Some(1),
                 topic: filter("chat.lobby"),
@@ -66,6 +68,8 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "subscribe_since.json",
             Envelope::Subscribe {
+                name: None,
+                info: None,
                 epoch: None,
                 id: Some(4),
                 topic: filter("chat.*"),
@@ -75,6 +79,8 @@ fn fixtures() -> Vec<Fixture> {
         fixture(
             "subscribe_resume.json",
             Envelope::Subscribe {
+                name: None,
+                info: None,
                 id: Some(7),
                 topic: filter("chat.lobby"),
                 since: Some(41),
@@ -198,6 +204,68 @@ fn fixtures() -> Vec<Fixture> {
             },
         ),
         fixture("pong.json", Envelope::Pong { id: Some(6) }),
+        fixture(
+            "subscribe_presence.json",
+            Envelope::Subscribe {
+                id: Some(7),
+                topic: filter("chat.lobby"),
+                since: None,
+                epoch: None,
+                name: Some("ada".into()),
+                info: Some(json(r#"{"status":"online"}"#)),
+            },
+        ),
+        fixture(
+            "presence.json",
+            Envelope::Presence {
+                id: Some(8),
+                topic: topic("chat.lobby"),
+                count: None,
+                members: None,
+            },
+        ),
+        fixture(
+            "presence_answer.json",
+            Envelope::Presence {
+                id: Some(8),
+                topic: topic("chat.lobby"),
+                count: Some(2),
+                members: Some(vec![
+                    Member {
+                        name: "ada".into(),
+                        sessions: Some(2),
+                        info: Some(json(r#"{"status":"online"}"#)),
+                    },
+                    Member {
+                        name: "bob".into(),
+                        sessions: Some(1),
+                        info: None,
+                    },
+                ]),
+            },
+        ),
+        fixture(
+            "join.json",
+            Envelope::Join {
+                topic: topic("chat.lobby"),
+                member: Member {
+                    name: "ada".into(),
+                    sessions: None,
+                    info: Some(json(r#"{"status":"online"}"#)),
+                },
+            },
+        ),
+        fixture(
+            "leave.json",
+            Envelope::Leave {
+                topic: topic("chat.lobby"),
+                member: Member {
+                    name: "ada".into(),
+                    sessions: None,
+                    info: None,
+                },
+            },
+        ),
     ]
 }
 
@@ -235,6 +303,15 @@ fn fixtures_decode_to_their_envelopes() {
         let client = Codec::Json.decode_client(content.as_bytes());
         if expected.is_client_frame() {
             assert_eq!(client.as_ref().unwrap(), expected, "{}", f.file);
+        } else if let Envelope::Presence { id, topic, .. } = expected {
+            // The broker's answer reads, as a client's frame, as the question.
+            let question = Envelope::Presence {
+                id: *id,
+                topic: topic.clone(),
+                count: None,
+                members: None,
+            };
+            assert_eq!(client.unwrap(), question, "{}", f.file);
         } else {
             assert_eq!(
                 client.unwrap_err().code(),
@@ -295,10 +372,13 @@ fn every_fixture_file_is_covered() {
         [
             "ack",
             "error",
+            "join",
             "lagged",
+            "leave",
             "message",
             "ping",
             "pong",
+            "presence",
             "publish",
             "subscribe",
             "unsubscribe",

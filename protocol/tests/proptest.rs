@@ -175,6 +175,8 @@ fn ref_decode_client(fields: &[(String, Value)]) -> Result<Envelope, ErrorCode> 
     };
     match kind.as_deref().ok_or(ErrorCode::BadFrame)? {
         "subscribe" => Ok(Envelope::Subscribe {
+            name: None,
+            info: None,
             id,
             topic: filter(topic)?,
             since,
@@ -441,6 +443,8 @@ fn envelope(payload: BoxedStrategy<Payload>) -> impl Strategy<Value = Envelope> 
             prop::option::of(epoch())
         )
             .prop_map(|(id, topic, since, epoch)| Envelope::Subscribe {
+                name: None,
+                info: None,
                 id,
                 topic,
                 since,

@@ -168,7 +168,7 @@ impl Client {
         }
     }
 
-    /// Sends `envelope` and returns the `ack`, `error` or `pong` answering its
+    /// Sends `envelope` and returns the `ack`, `error`, `pong` or `presence` answering its
     /// id; `message` frames that arrive meanwhile are kept for [`Client::recv`].
     pub async fn request(&mut self, envelope: &Envelope) -> Envelope {
         let id = envelope.id().expect("a request has an id");
@@ -179,6 +179,11 @@ impl Client {
                 Envelope::Ack { id: got, .. } if *got == id => return frame,
                 Envelope::Error { id: Some(got), .. } if *got == id => return frame,
                 Envelope::Pong { id: Some(got) } if *got == id => return frame,
+                Envelope::Presence {
+                    id: Some(got),
+                    count: Some(_),
+                    ..
+                } if *got == id => return frame,
                 _ => self.pending.push_back(frame),
             }
         }
@@ -203,6 +208,8 @@ impl Client {
         let id = self.next_id();
         let answer = self
             .request(&Envelope::Subscribe {
+                name: None,
+                info: None,
                 id: Some(id),
                 topic: Filter::new(topic).expect("valid filter"),
                 since,
@@ -232,6 +239,8 @@ impl Client {
             for topic in batch {
                 let id = self.next_id();
                 self.send(&Envelope::Subscribe {
+                    name: None,
+                    info: None,
                     epoch: None,
                     id: Some(id),
                     topic: Filter::new(topic).expect("valid filter"),

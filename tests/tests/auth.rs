@@ -202,6 +202,8 @@ async fn the_token_may_come_in_an_authorization_header() {
 
 fn subscribe(id: u64, topic: &str) -> Envelope {
     Envelope::Subscribe {
+        name: None,
+        info: None,
         epoch: None,
         id: Some(id),
         topic: Filter::new(topic).unwrap(),

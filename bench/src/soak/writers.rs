@@ -136,6 +136,8 @@ pub(crate) async fn replayer(plan: Arc<Plan>, counts: Shared, mut stop: Stop) {
                 next_id += 1;
                 let envelope = if subscribe {
                     Envelope::Subscribe {
+                        name: None,
+                        info: None,
                         id: Some(id),
                         topic: topic.clone(),
                         since: Some(0),

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use starling_protocol::{Envelope, Filter};
+use starling_protocol::{Envelope, Filter, Payload};
 
 use crate::broker::Broker;
 use crate::history::{Position, Recovery, Resume};
@@ -39,7 +39,7 @@ pub(crate) enum Done {
     Subscribed {
         id: Option<u64>,
         held: Held,
-        resume: Option<Resume>,
+        ask: Ask,
         result: Result<Recovery, StoreUnavailable>,
     },
     /// The `ack` of a subscribe to a topic already subscribed to.
@@ -49,6 +49,17 @@ pub(crate) enum Done {
     },
     /// A frame that changes subscriptions, held behind a subscribe.
     Deferred(Envelope),
+}
+
+/// What a `subscribe` asks besides its topic.
+#[derive(Debug, Default)]
+pub(crate) struct Ask {
+    /// Where to resume from (`since`, `epoch`).
+    pub(crate) resume: Option<Resume>,
+    /// On a presence topic: the member's name (without auth).
+    pub(crate) name: Option<String>,
+    /// On a presence topic: the session's info.
+    pub(crate) info: Option<Payload>,
 }
 
 /// A subscription made in the registry whose subscribe waits for the
@@ -128,7 +139,7 @@ impl Pending {
         &mut self,
         id: Option<u64>,
         held: Held,
-        resume: Option<Resume>,
+        ask: Ask,
         answer: Answer<Recovery>,
         first: bool,
     ) {
@@ -137,7 +148,7 @@ impl Pending {
             Done::Subscribed {
                 id,
                 held,
-                resume,
+                ask,
                 result,
             }
         };

@@ -12,6 +12,7 @@
 //! broker's connections (`Session<false>`) carry no check of it.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use starling_protocol::{
     CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter, Payload, Topic,
@@ -27,11 +28,12 @@ use crate::broker::{Admission, Broker};
 use crate::config::SlowConsumerPolicy;
 use crate::connection::exit::Exit;
 use crate::connection::outbox::Outbox;
-use crate::connection::pending::{Done, Held, Pending};
+use crate::connection::pending::{Ask, Done, Held, Pending};
 use crate::connection::subscriptions::{Lag, Subscriptions};
 use crate::delivery::write_protocol_frame;
 use crate::history::{Position, Recovery, Resume};
 use crate::metrics::Source;
+use crate::presence;
 use crate::rate::{RateLimiter, Verdict};
 use crate::registry::DeliveryReceiver;
 use crate::relay::Answer;
@@ -252,7 +254,17 @@ impl<const ECHO: bool> Session<ECHO> {
                 topic,
                 since,
                 epoch,
-            } => self.subscribe(id, topic, since.map(|since| Resume { since, epoch }), first),
+                name,
+                info,
+            } => {
+                let ask = Ask {
+                    resume: since.map(|since| Resume { since, epoch }),
+                    name,
+                    info,
+                };
+                self.subscribe(id, topic, ask, first);
+            }
+            Envelope::Presence { id, topic, .. } => self.presence(id, topic),
             Envelope::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
             Envelope::Publish { id, topic, payload } => self.publish(id, topic, payload, first),
             Envelope::Ping { id } => self.send(&Envelope::Pong { id }),
@@ -314,12 +326,12 @@ impl<const ECHO: bool> Session<ECHO> {
             Done::Subscribed {
                 id,
                 held,
-                resume,
+                ask,
                 result,
             } => match result {
                 Ok(recovery) => {
                     let (filter, rx) = held.take();
-                    self.subscribed(id, filter, rx, resume, recovery);
+                    self.subscribed(id, filter, rx, ask, recovery);
                 }
                 Err(error) => {
                     // Dropping `held` ends the subscription.
@@ -357,21 +369,24 @@ impl<const ECHO: bool> Session<ECHO> {
         }
     }
 
-    fn subscribe(
-        &mut self,
-        id: Option<u64>,
-        mut filter: Filter,
-        resume: Option<Resume>,
-        first: bool,
-    ) {
+    /// Whether the connection may subscribe to `filter`; when not, says so
+    /// to the client (an `error` answering `id`).
+    fn may_subscribe(&mut self, id: Option<u64>, filter: &Filter) -> bool {
         let allowed = self.auth.is_off()
             || self
                 .auth
                 .identity()
-                .is_some_and(|identity| identity.permissions.may_subscribe(&filter));
+                .is_some_and(|identity| identity.permissions.may_subscribe(filter));
         if !allowed {
             let message = format!("this token may not subscribe to {filter}");
-            return self.send_error(id, ErrorCode::Unauthorized, message);
+            self.send_error(id, ErrorCode::Unauthorized, message);
+        }
+        allowed
+    }
+
+    fn subscribe(&mut self, id: Option<u64>, mut filter: Filter, ask: Ask, first: bool) {
+        if !self.may_subscribe(id, &filter) {
+            return;
         }
         if self.subs.find(&filter).is_some() {
             match self.broker.position(&filter) {
@@ -398,12 +413,15 @@ impl<const ECHO: bool> Session<ECHO> {
             );
             return;
         }
-        let (rx, answer) = self.broker.subscribe(&mut filter, resume.as_ref());
+        if let Err(error) = presence::check(ask.name.as_deref(), ask.info.as_ref()) {
+            return self.send_error(id, ErrorCode::BadFrame, error.to_string());
+        }
+        let (rx, answer) = self.broker.subscribe(&mut filter, ask.resume.as_ref());
         match answer {
-            Answer::Now(recovery) => self.subscribed(id, filter, rx, resume, recovery),
+            Answer::Now(recovery) => self.subscribed(id, filter, rx, ask, recovery),
             later => {
                 let held = Held::new(self.broker.clone(), filter, rx);
-                self.pending().subscribe(id, held, resume, later, first);
+                self.pending().subscribe(id, held, ask, later, first);
             }
         }
     }
@@ -414,10 +432,10 @@ impl<const ECHO: bool> Session<ECHO> {
         id: Option<u64>,
         filter: Filter,
         rx: DeliveryReceiver,
-        resume: Option<Resume>,
+        ask: Ask,
         recovery: Recovery,
     ) {
-        debug!(conn_id = %self.admission.id, topic = %filter, ?resume, reset = recovery.reset, "subscribed");
+        debug!(conn_id = %self.admission.id, topic = %filter, resume = ?ask.resume, reset = recovery.reset, "subscribed");
         self.ack(id, recovery.position);
         if recovery.reset {
             self.broker.metrics().history_resets.inc();
@@ -427,9 +445,43 @@ impl<const ECHO: bool> Session<ECHO> {
                 reset: true,
             });
         }
+        // After the ack: the member's own `join` comes after it.
+        let member = self.enter_presence(&filter, ask);
         // The replay is read as the socket takes it, before live messages.
         self.subs
-            .insert(filter, rx, recovery.replay, recovery.live_after);
+            .insert(filter, rx, recovery.replay, recovery.live_after, member);
+    }
+
+    /// Starts this connection's session on the presence of `filter`, when
+    /// it is a presence topic. The member is the token's `sub`, else the
+    /// `name` asked for, else the connection.
+    fn enter_presence(&self, filter: &Filter, ask: Ask) -> Option<presence::Session> {
+        let presence = self.broker.presence()?;
+        let topic = filter.as_topic().filter(|topic| presence.covers(topic))?;
+        let name: Arc<str> = match (self.auth.identity(), ask.name) {
+            (Some(identity), _) => identity.sub.clone(),
+            (None, Some(name)) => name.into(),
+            (None, None) => format!("{}/{}", self.broker.node_id(), self.admission.id).into(),
+        };
+        Some(presence.enter(topic, name, ask.info))
+    }
+
+    /// Answers a `presence` request: the members of a presence topic.
+    fn presence(&mut self, id: Option<u64>, topic: Topic) {
+        if !self.may_subscribe(id, &Filter::from(topic.clone())) {
+            return;
+        }
+        let Some(presence) = self.broker.presence().filter(|p| p.covers(&topic)) else {
+            let message = format!("{topic} keeps no presence (not under a --presence prefix)");
+            return self.send_error(id, ErrorCode::InvalidTopic, message);
+        };
+        let (count, members) = presence.members(&topic);
+        self.send(&Envelope::Presence {
+            id,
+            topic,
+            count: Some(count),
+            members: Some(members),
+        });
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {

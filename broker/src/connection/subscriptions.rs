@@ -20,6 +20,7 @@ use starling_protocol::{Codec, Envelope, Filter};
 use crate::connection::outbox::{OUT_INITIAL, Outbox};
 use crate::delivery::{Delivery, write_protocol_frame};
 use crate::history::{Position, Replay};
+use crate::presence;
 use crate::registry::DeliveryReceiver;
 use crate::ring::Missed;
 use crate::sync::lock;
@@ -65,6 +66,8 @@ pub(crate) struct Sub {
     replay: Option<Replay>,
     /// Live messages up to here were replayed: skip them.
     live_after: Option<Position>,
+    /// Its session on the topic's presence, which ends with it.
+    _member: Option<presence::Session>,
 }
 
 /// Messages a subscription did not get.
@@ -113,6 +116,7 @@ impl Subscriptions {
         rx: DeliveryReceiver,
         replay: Option<Replay>,
         live_after: Option<Position>,
+        member: Option<presence::Session>,
     ) {
         let woken = self.woken.get_or_insert_with(Default::default).clone();
         let slot = match self.slots.iter().position(Option::is_none) {
@@ -137,6 +141,7 @@ impl Subscriptions {
             waker,
             replay,
             live_after,
+            _member: member,
         };
         // Registers the waker, or finds messages that came meanwhile.
         let live = sub
@@ -283,7 +288,10 @@ impl Subscriptions {
                             if replayed(live_after, delivery) {
                                 return ControlFlow::Continue(());
                             }
-                            *live_after = None;
+                            // Past the replay (events carry no offset).
+                            if delivery.offset.is_some() {
+                                *live_after = None;
+                            }
                             copy(delivery, out, codec, bound)
                         }
                         Ok(delivery) => copy(delivery, out, codec, bound),

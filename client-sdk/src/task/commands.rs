@@ -84,6 +84,8 @@ impl Task {
             self.table.add_waiter(&key, local_id, reply);
             self.push_request(
                 &Envelope::Subscribe {
+                    name: None,
+                    info: None,
                     epoch: None,
                     id: Some(id),
                     topic: filter,

@@ -40,6 +40,8 @@ impl Task {
             let (since, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
             self.push_request(
                 &Envelope::Subscribe {
+                    name: None,
+                    info: None,
                     id: Some(id),
                     topic: filter,
                     since,

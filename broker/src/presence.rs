@@ -1,0 +1,274 @@
+//! Presence: who is subscribed to a topic under a `--presence` prefix.
+//!
+//! A member is an identity (a token's `sub`, the `name` given in
+//! `subscribe`, or a name the broker gives the connection); its sessions
+//! (subscribed connections) are folded into one member, whose `info` is
+//! that of its newest session. A member's first session announces `join`
+//! to the topic's subscribers; its last session's end starts the grace
+//! period (`--presence-grace-ms`), after which `leave` is announced unless a
+//! session came back meanwhile. Both go through the topic's ring, in order
+//! with its messages, encoded once for all its subscribers.
+//!
+//! A session is held by a [`Session`] guard: dropping it (unsubscribe, the
+//! connection's end, a refreshed token that no longer allows the topic)
+//! ends the session, on every exit path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use starling_protocol::{Envelope, Member, Payload, Topic, Value};
+
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::registry::TopicRegistry;
+use crate::sync::lock;
+
+/// The longest `name`, in bytes.
+pub(crate) const MAX_NAME_BYTES: usize = 64;
+/// The largest `info`, as JSON text.
+pub(crate) const MAX_INFO_BYTES: usize = 1024;
+/// The most members a `presence` answer lists.
+pub(crate) const MAX_LISTED: usize = 1_000;
+
+/// Why a session's `name` or `info` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PresenceError {
+    /// `name` is empty or too long.
+    #[error("name must be 1 to {MAX_NAME_BYTES} bytes")]
+    Name,
+    /// `info` is not an object, or is too large.
+    #[error("info must be an object of at most {MAX_INFO_BYTES} bytes as JSON")]
+    Info,
+}
+
+/// Checks a session's `name` and `info`.
+pub(crate) fn check(name: Option<&str>, info: Option<&Payload>) -> Result<(), PresenceError> {
+    if name.is_some_and(|n| n.is_empty() || n.len() > MAX_NAME_BYTES) {
+        return Err(PresenceError::Name);
+    }
+    if let Some(info) = info
+        && (info.weight() > 4 * MAX_INFO_BYTES
+            || info.to_json_string().len() > MAX_INFO_BYTES
+            || !matches!(info.to_value(), Value::Map(_)))
+    {
+        return Err(PresenceError::Info);
+    }
+    Ok(())
+}
+
+/// One member of one topic.
+#[derive(Debug)]
+struct Entry {
+    /// Its sessions, oldest first: (session id, info).
+    sessions: Vec<(u64, Option<Payload>)>,
+    /// Bumped when its last session ends: a leave timer fires only for the
+    /// generation it was started in.
+    generation: u64,
+}
+
+/// The presence of every topic under the prefixes, on this node.
+#[derive(Debug)]
+pub(crate) struct Presence {
+    prefixes: Vec<String>,
+    grace: Duration,
+    rooms: DashMap<Topic, HashMap<Arc<str>, Entry>>,
+    registry: Arc<TopicRegistry>,
+    metrics: Arc<Metrics>,
+    node: Arc<str>,
+    next_session: Mutex<u64>,
+}
+
+impl Presence {
+    /// Presence on topics starting with one of `prefixes`, with leaves
+    /// announced `grace` after a member's last session ended.
+    pub(crate) fn new(
+        prefixes: Vec<String>,
+        grace: Duration,
+        registry: Arc<TopicRegistry>,
+        metrics: Arc<Metrics>,
+        node: Arc<str>,
+    ) -> Arc<Self> {
+        Arc::new(Presence {
+            prefixes,
+            grace,
+            rooms: DashMap::new(),
+            registry,
+            metrics,
+            node,
+            next_session: Mutex::new(0),
+        })
+    }
+
+    /// Whether `topic` keeps presence.
+    pub(crate) fn covers(&self, topic: &Topic) -> bool {
+        !topic.is_reserved()
+            && self
+                .prefixes
+                .iter()
+                .any(|prefix| topic.as_str().starts_with(prefix.as_str()))
+    }
+
+    /// Starts a session of member `name` on `topic` (which it covers); the
+    /// member joins when it is its first. The session ends with the guard.
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        topic: Topic,
+        name: Arc<str>,
+        info: Option<Payload>,
+    ) -> Session {
+        let id = {
+            let mut next = lock(&self.next_session);
+            *next += 1;
+            *next
+        };
+        let joined = {
+            let mut room = self.rooms.entry(topic.clone()).or_default();
+            let entry = room.entry(name.clone()).or_insert_with(|| Entry {
+                sessions: Vec::new(),
+                generation: 0,
+            });
+            // A member in its grace period comes back silently.
+            let new = entry.sessions.is_empty() && entry.generation == 0;
+            if entry.sessions.is_empty() && entry.generation > 0 {
+                entry.generation += 1;
+            }
+            entry.sessions.push((id, info.clone()));
+            new
+        };
+        self.metrics.presence_sessions.inc();
+        if joined {
+            self.metrics.presence_members.inc();
+            self.announce(Envelope::Join {
+                topic: topic.clone(),
+                member: Member {
+                    name: name.clone(),
+                    sessions: None,
+                    info,
+                },
+            });
+        }
+        Session {
+            presence: Arc::downgrade(self),
+            topic,
+            name,
+            id,
+        }
+    }
+
+    /// Ends session `id` of `name` on `topic`; the member's last session
+    /// starts its grace period.
+    fn exit(self: &Arc<Self>, topic: &Topic, name: &Arc<str>, id: u64) {
+        let last = {
+            let Some(mut room) = self.rooms.get_mut(topic) else {
+                return;
+            };
+            let Some(entry) = room.get_mut(name) else {
+                return;
+            };
+            entry.sessions.retain(|(session, _)| *session != id);
+            if !entry.sessions.is_empty() {
+                None
+            } else {
+                entry.generation += 1;
+                Some(entry.generation)
+            }
+        };
+        self.metrics.presence_sessions.dec();
+        let Some(generation) = last else {
+            return;
+        };
+        if self.grace.is_zero() {
+            self.expire(topic, name, generation);
+            return;
+        }
+        let presence = Arc::downgrade(self);
+        let (topic, name, grace) = (topic.clone(), name.clone(), self.grace);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(presence) = presence.upgrade() {
+                presence.expire(&topic, &name, generation);
+            }
+        });
+    }
+
+    /// The grace period of `name` on `topic` that began at `generation` is
+    /// over: it leaves, unless a session came back.
+    fn expire(&self, topic: &Topic, name: &Arc<str>, generation: u64) {
+        let left = {
+            let Some(mut room) = self.rooms.get_mut(topic) else {
+                return;
+            };
+            let gone = room
+                .get(name)
+                .is_some_and(|e| e.sessions.is_empty() && e.generation == generation);
+            if gone {
+                room.remove(name);
+            }
+            gone
+        };
+        if !left {
+            return;
+        }
+        self.rooms.remove_if(topic, |_, room| room.is_empty());
+        self.metrics.presence_members.dec();
+        self.announce(Envelope::Leave {
+            topic: topic.clone(),
+            member: Member {
+                name: name.clone(),
+                sessions: None,
+                info: None,
+            },
+        });
+    }
+
+    /// Sends a `join` or `leave` to the topic's subscribers, in order with
+    /// its messages.
+    fn announce(&self, event: Envelope) {
+        let (Envelope::Join { topic, .. } | Envelope::Leave { topic, .. }) = &event else {
+            return;
+        };
+        self.metrics.presence_events.inc();
+        let delivery = Delivery::event(topic.clone(), event.clone(), self.node.clone());
+        self.registry.publish_to_topic(delivery);
+    }
+
+    /// The members of `topic`: how many, and up to [`MAX_LISTED`] of them
+    /// with their sessions and the `info` of the newest.
+    pub(crate) fn members(&self, topic: &Topic) -> (u64, Vec<Member>) {
+        let Some(room) = self.rooms.get(topic) else {
+            return (0, Vec::new());
+        };
+        // A member in its grace period is listed (with no session) until
+        // its leave is announced, as the events tell it.
+        let count = room.len() as u64;
+        let members = room
+            .iter()
+            .take(MAX_LISTED)
+            .map(|(name, entry)| Member {
+                name: name.clone(),
+                sessions: Some(entry.sessions.len() as u64),
+                info: entry.sessions.last().and_then(|(_, info)| info.clone()),
+            })
+            .collect();
+        (count, members)
+    }
+}
+
+/// A session on a presence topic; dropping it ends the session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    presence: Weak<Presence>,
+    topic: Topic,
+    name: Arc<str>,
+    id: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(presence) = self.presence.upgrade() {
+            presence.exit(&self.topic, &self.name, self.id);
+        }
+    }
+}
