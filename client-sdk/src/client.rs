@@ -14,6 +14,7 @@ use crate::connection;
 use crate::error::{Error, Result};
 use crate::event::Events;
 use crate::options::{ConnectOptions, OfflinePolicy};
+use crate::presence::Presence;
 use crate::subscription::Subscription;
 use crate::task::Task;
 
@@ -139,6 +140,42 @@ impl Client {
         };
         await_reply(answer, self.shared.options.request_timeout).await?;
         Ok(subscription)
+    }
+
+    /// Who is on presence topic `topic` (one the broker keeps presence on,
+    /// `--presence`): how many members, and up to 1,000 of them with their
+    /// sessions and `info`. Joins and leaves as they happen come as
+    /// [`Event::Join`] and [`Event::Leave`] to a client subscribed to the
+    /// topic.
+    ///
+    /// Fails with [`Error::Server`] (`invalid_topic` for a topic without
+    /// presence, `unauthorized` without the right to subscribe to it).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// let client = starling_client::Client::connect("ws://127.0.0.1:7070/ws").await?;
+    /// let room = client.presence("chat.lobby").await?;
+    /// for member in &room.members {
+    ///     println!("{} ({} sessions)", member.name, member.sessions.unwrap_or(0));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`Event::Join`]: crate::Event::Join
+    /// [`Event::Leave`]: crate::Event::Leave
+    pub async fn presence(&self, topic: &str) -> Result<Presence> {
+        let topic = Topic::new(topic).map_err(|source| Error::InvalidTopic {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Presence { topic, reply })
+            .map_err(|_| Error::Closed)?;
+        await_reply(answer, self.shared.options.request_timeout).await
     }
 
     /// Publishes `value`, serialized with `serde`, without waiting for the

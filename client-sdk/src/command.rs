@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use starling_protocol::Filter;
+use starling_protocol::{Filter, Topic};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::message::Message;
 use crate::options::ConnectOptions;
+use crate::presence::Presence;
 
 /// What a [`Client`] or a [`Subscription`] asks of the connection task.
 ///
@@ -49,6 +50,11 @@ pub(crate) enum Command {
     },
     /// Answer once everything queued before has been handled by the broker.
     Flush { reply: oneshot::Sender<Result<()>> },
+    /// Ask who is on a presence topic.
+    Presence {
+        topic: Topic,
+        reply: oneshot::Sender<Result<Presence>>,
+    },
     /// Flush, close with 1000 and stop.
     Close { reply: oneshot::Sender<Result<()>> },
 }

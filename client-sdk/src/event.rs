@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
-use starling_protocol::{ErrorCode, Filter};
+use starling_protocol::{ErrorCode, Filter, Member, Topic};
 use tokio::sync::broadcast;
 
 /// Something that happened to the connection.
@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 /// On a reconnect the order is `Disconnected`, then (once a new connection is
 /// up) `Connected`, then `Reconnected` once every live subscription has been
 /// sent again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// A connection is up: the broker's `welcome` arrived. Emitted for the
@@ -52,6 +52,23 @@ pub enum Event {
     Reset {
         /// The subscription (topic).
         topic: Filter,
+    },
+    /// A member joined presence topic `topic`: its first session
+    /// subscribed (the `join` frame). Comes to clients subscribed to the
+    /// topic, when the broker keeps presence on it (`--presence`).
+    Join {
+        /// The topic.
+        topic: Topic,
+        /// The member: its name and the `info` of its session.
+        member: Member,
+    },
+    /// A member left presence topic `topic`: its last session has been gone
+    /// for the broker's grace period (the `leave` frame).
+    Leave {
+        /// The topic.
+        topic: Topic,
+        /// The member (its name).
+        member: Member,
     },
     /// A [`Subscription`](crate::Subscription)'s queue was full, so messages
     /// for it are being dropped. Emitted once when dropping starts; again

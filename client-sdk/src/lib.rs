@@ -89,6 +89,7 @@ mod event;
 mod message;
 mod options;
 mod outbox;
+mod presence;
 mod subscription;
 mod table;
 mod task;
@@ -100,10 +101,11 @@ pub use error::{Error, Result};
 pub use event::{Event, Events};
 pub use message::Message;
 pub use options::{ConnectOptions, OfflinePolicy, ReconnectPolicy};
+pub use presence::Presence;
 /// The TLS library of `wss://` connections, for [`ConnectOptions::tls_config`].
 pub use rustls;
 pub use starling_protocol as protocol;
-pub use starling_protocol::{Codec, ErrorCode, Filter, Payload, Topic};
+pub use starling_protocol::{Codec, ErrorCode, Filter, Member, Payload, Topic};
 pub use subscription::Subscription;
 pub use token::{TokenError, TokenFuture};
 

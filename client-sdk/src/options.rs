@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use starling_protocol::Codec;
+use starling_protocol::{Codec, Payload};
 
 use crate::tls::TlsOptions;
 use crate::token::{TokenError, TokenProvider};
@@ -148,6 +148,8 @@ pub enum OfflinePolicy {
 pub struct ConnectOptions {
     pub(crate) codec: Codec,
     pub(crate) name: Option<String>,
+    pub(crate) member: Option<String>,
+    pub(crate) info: Option<Payload>,
     pub(crate) token: Option<String>,
     pub(crate) token_provider: Option<TokenProvider>,
     pub(crate) reconnect: ReconnectPolicy,
@@ -167,6 +169,8 @@ impl std::fmt::Debug for ConnectOptions {
         f.debug_struct("ConnectOptions")
             .field("codec", &self.codec)
             .field("name", &self.name)
+            .field("member", &self.member)
+            .field("info", &self.info)
             // Never print the secret itself.
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field(
@@ -192,6 +196,8 @@ impl Default for ConnectOptions {
         ConnectOptions {
             codec: Codec::Json,
             name: None,
+            member: None,
+            info: None,
             token: None,
             token_provider: None,
             reconnect: ReconnectPolicy::default(),
@@ -260,6 +266,37 @@ impl ConnectOptions {
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// The name this client goes by on presence topics (the broker's
+    /// `--presence`), sent in every `subscribe` (1 to 64 bytes). A broker
+    /// with auth on uses the token's `sub` instead; without either, the
+    /// broker names the connection.
+    pub fn member(mut self, name: impl Into<String>) -> Self {
+        self.member = Some(name.into());
+        self
+    }
+
+    /// What others see of this session on presence topics (`info`, an
+    /// object of at most 1 KiB as JSON), sent in every `subscribe`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), starling_client::Error> {
+    /// let client = starling_client::ConnectOptions::new()
+    ///     .member("ada")
+    ///     .info(&serde_json::json!({"status": "online"}))?
+    ///     .connect("ws://127.0.0.1:7070/ws")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn info<T: serde::Serialize + ?Sized>(mut self, info: &T) -> Result<Self, crate::Error> {
+        let payload =
+            Payload::to_json_payload(info).map_err(|e| crate::Error::Encode(e.to_string()))?;
+        self.info = Some(payload);
+        Ok(self)
     }
 
     /// A bearer token, sent on every handshake (first connection and

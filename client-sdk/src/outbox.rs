@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::error::{Error, Result};
+use crate::presence::Presence;
 
 /// What a frame in flight waits for.
 pub(crate) enum Pending {
@@ -28,6 +29,8 @@ pub(crate) enum Pending {
     Closing,
     /// A `refresh` with this token: an `ack` (or `error`).
     Refresh(String),
+    /// A `presence` request: the broker's `presence` answer (or `error`).
+    Presence(oneshot::Sender<Result<Presence>>),
 }
 
 /// One frame waiting to be written.
@@ -94,6 +97,9 @@ pub(crate) fn fail(pending: Pending, error: impl Fn() -> Error) {
             let _ = reply.send(Err(error()));
         }
         Pending::Flush(reply) => {
+            let _ = reply.send(Err(error()));
+        }
+        Pending::Presence(reply) => {
             let _ = reply.send(Err(error()));
         }
         // Unsubscribing from a connection that is gone succeeded.

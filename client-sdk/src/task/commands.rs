@@ -65,6 +65,20 @@ impl Task {
                 }
             }
             Command::Close { reply } => self.begin_close(Some(reply), "closed by the application"),
+            Command::Presence { topic, reply } => {
+                if self.connected {
+                    let id = self.next_id();
+                    let ask = Envelope::Presence {
+                        id: Some(id),
+                        topic,
+                        count: None,
+                        members: None,
+                    };
+                    self.push_request(&ask, id, Pending::Presence(reply));
+                } else {
+                    let _ = reply.send(Err(Error::Disconnected));
+                }
+            }
         }
     }
 
@@ -84,8 +98,8 @@ impl Task {
             self.table.add_waiter(&key, local_id, reply);
             self.push_request(
                 &Envelope::Subscribe {
-                    name: None,
-                    info: None,
+                    name: self.shared.options.member.clone(),
+                    info: self.shared.options.info.clone(),
                     epoch: None,
                     id: Some(id),
                     topic: filter,
@@ -116,6 +130,9 @@ impl Task {
             }
             Command::Unsubscribe { reply, .. } => answer(reply, Ok(())),
             Command::Flush { reply } => {
+                let _ = reply.send(Err(Error::Closed));
+            }
+            Command::Presence { reply, .. } => {
                 let _ = reply.send(Err(Error::Closed));
             }
             Command::Close { reply } => match &mut self.closing {

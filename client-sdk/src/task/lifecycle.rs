@@ -40,8 +40,8 @@ impl Task {
             let (since, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
             self.push_request(
                 &Envelope::Subscribe {
-                    name: None,
-                    info: None,
+                    name: self.shared.options.member.clone(),
+                    info: self.shared.options.info.clone(),
                     id: Some(id),
                     topic: filter,
                     since,

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::message::Message;
 use crate::outbox::{Pending, answer};
+use crate::presence::Presence;
 use crate::table::Answered;
 use crate::token::{TokenError, refresh_delay};
 
@@ -372,6 +373,9 @@ impl Task {
                     Some((_, Pending::Flush(reply))) => {
                         let _ = reply.send(Err(Error::Server { code, message }));
                     }
+                    Some((_, Pending::Presence(reply))) => {
+                        let _ = reply.send(Err(Error::Server { code, message }));
+                    }
                     Some((_, pending)) => {
                         // An answer all the same (for example `rate_limited`).
                         self.on_pong(pending);
@@ -399,6 +403,21 @@ impl Task {
                     self.shared.emit(Event::Lagged { topic, missed });
                 }
             }
+            Envelope::Presence {
+                id: Some(id),
+                count: Some(count),
+                members,
+                ..
+            } => match self.out.inflight.remove(&id) {
+                Some(Pending::Presence(reply)) => {
+                    let members = members.unwrap_or_default();
+                    let _ = reply.send(Ok(Presence { count, members }));
+                }
+                Some(other) => self.on_pong(other),
+                None => debug!(id, "presence answer for nothing in flight"),
+            },
+            Envelope::Join { topic, member } => self.shared.emit(Event::Join { topic, member }),
+            Envelope::Leave { topic, member } => self.shared.emit(Event::Leave { topic, member }),
             other => debug!(frame = other.type_name(), "unexpected frame; ignored"),
         }
     }
@@ -418,6 +437,9 @@ impl Task {
                 let _ = reply.send(Ok(None));
             }
             Pending::Unsubscribe(reply) => answer(reply, Ok(())),
+            Pending::Presence(reply) => {
+                let _ = reply.send(Err(Error::Disconnected));
+            }
             // An error: the broker keeps the old token until it expires, then
             // the client reconnects with a new one.
             Pending::Subscribe(_) | Pending::Refresh(_) => {}
