@@ -113,7 +113,11 @@ function showState(state, info = {}) {
   conn.title = state === "connected" && info.node ? `Connected to node ${info.node}` : "";
   if (authRefusal) conn.title = refusalNotice().map((part) => part.code ?? part).join("");
   document.body.dataset.conn = state;
-  if (state === "connected" && info.reconnected) systemNote("Reconnected: you are live again");
+  if (state === "connected" && info.reconnected) {
+    systemNote("Reconnected: you are live again");
+    // Who came and went while this page was away.
+    if (chat.topic && chat.unsubscribe) chat.unsubscribe.ready.then(() => loadMembers(chat.topic), () => {});
+  }
   if (state === "reconnecting" && chat.room) systemNote("Connection lost: reconnecting…");
   updateBanner();
 }
@@ -188,7 +192,9 @@ const chat = {
   room: "",
   topic: "",
   unsubscribe: null,
-  people: new Map(), // nick -> last seen (ms)
+  people: new Map(), // nick -> last seen (ms), without presence
+  members: new Map(), // name -> member {name, sessions, info}, from presence
+  presence: false, // whether the broker keeps presence on the room's topic
   last: null, // { nick, ts } of the last line, to group consecutive ones
 };
 
@@ -243,6 +249,8 @@ function join(rawNick, rawRoom) {
     $("messages").replaceChildren();
     $("empty").hidden = false;
     chat.people.clear();
+    chat.members.clear();
+    chat.presence = false;
     chat.last = null;
     $("room-title").textContent = `# ${room}`;
     $("composer").placeholder = `Message #${room}`;
@@ -250,13 +258,56 @@ function join(rawNick, rawRoom) {
     for (const chip of document.querySelectorAll(".chip")) {
       chip.setAttribute("aria-pressed", String(chip.dataset.room === room));
     }
-    chat.unsubscribe = client.subscribe(chat.topic, onChatMessage);
+    enterRoom();
     systemNote(`You joined #${room} as ${nick}`);
   } else if (previousNick && previousNick !== nick) {
     chat.people.delete(previousNick);
+    // The presence name is the session's: a new name is a new session.
+    if (chat.unsubscribe) chat.unsubscribe();
+    enterRoom();
     systemNote(`You are now ${nick}`);
   }
   chat.people.set(nick, Date.now());
+  renderPeople();
+}
+
+/** Subscribes to the room as `chat.nick`, then asks who is in it. */
+function enterRoom() {
+  chat.unsubscribe = client.subscribe(chat.topic, onChatMessage, { name: chat.nick });
+  const topic = chat.topic;
+  chat.unsubscribe.ready.then(() => loadMembers(topic), () => {});
+}
+
+/** Who is in the room, from the broker's presence; without presence on the
+ * room's topic (a broker without `--presence chat.`), the list shows who
+ * spoke recently instead. */
+function loadMembers(topic) {
+  client.presence(topic).then(
+    ({ members }) => {
+      if (topic !== chat.topic) return;
+      chat.presence = true;
+      chat.members = new Map(members.map((m) => [m.name, m]));
+      renderPeople();
+    },
+    (err) => {
+      if (topic !== chat.topic || err.code !== "invalid_topic") return;
+      chat.presence = false;
+      renderPeople();
+    },
+  );
+}
+
+function onJoin(topic, member) {
+  if (topic !== chat.topic || !chat.presence) return;
+  const known = chat.members.has(member.name);
+  chat.members.set(member.name, member);
+  if (!known && member.name !== chat.nick) systemNote(`${member.name} joined`);
+  renderPeople();
+}
+
+function onLeave(topic, member) {
+  if (topic !== chat.topic || !chat.presence) return;
+  if (chat.members.delete(member.name) && member.name !== chat.nick) systemNote(`${member.name} left`);
   renderPeople();
 }
 
@@ -324,9 +375,19 @@ function systemNote(text) {
 }
 
 function renderPeople() {
-  const horizon = Date.now() - 15 * 60 * 1000;
-  for (const [nick, seen] of chat.people) if (seen < horizon && nick !== chat.nick) chat.people.delete(nick);
-  const people = [...chat.people].sort((a, b) => b[1] - a[1]).slice(0, 12);
+  let people;
+  if (chat.presence) {
+    // Who is in the room, yourself first, then by name.
+    const rank = (name) => (name === chat.nick ? 0 : 1);
+    people = [...chat.members.keys()]
+      .sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))
+      .slice(0, 50)
+      .map((name) => [name]);
+  } else {
+    const horizon = Date.now() - 15 * 60 * 1000;
+    for (const [nick, seen] of chat.people) if (seen < horizon && nick !== chat.nick) chat.people.delete(nick);
+    people = [...chat.people].sort((a, b) => b[1] - a[1]).slice(0, 12);
+  }
   const list = $("people");
   list.replaceChildren(
     ...people.map(([nick]) => {
@@ -348,7 +409,8 @@ function renderPeople() {
       return li;
     }),
   );
-  $("people-count").textContent = String(chat.people.size);
+  $("people-count").textContent = String(chat.presence ? chat.members.size : chat.people.size);
+  $("people-title").textContent = chat.presence ? "In the room" : "Recently active";
 }
 
 function sendChat(event) {
@@ -640,6 +702,8 @@ function init() {
     onError: onClientError,
     onLagged,
     onReset,
+    onJoin,
+    onLeave,
     ...(token ? { token } : {}),
   });
   $("endpoint").textContent = client.url;

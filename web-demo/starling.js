@@ -103,7 +103,10 @@ export class StarlingClient {
    * @param {object} [options] callbacks `onState(state, info)`, `onError(err)`,
    *   `onLagged(topic, missed)`, `onReset(topic)` (the subscription's place
    *   in the topic's history was void, say after a broker restart: messages
-   *   may be missing; everything retained follows), `onWelcome(welcome)`;
+   *   may be missing; everything retained follows), `onWelcome(welcome)`,
+   *   `onJoin(topic, member)` and `onLeave(topic, member)` (presence topics
+   *   this client is subscribed to: a member `{name, info}` arrived, or its
+   *   last session has been gone for the broker's grace period);
    *   timings `minDelay`, `maxDelay`, `pingInterval`, `pingTimeout`,
    *   `requestTimeout`, `connectTimeout` (ms);
    *   `maxQueue`; `WebSocket` (an implementation, for Node or tests);
@@ -119,6 +122,8 @@ export class StarlingClient {
     this.onLagged = options.onLagged || noop;
     this.onReset = options.onReset || noop;
     this.onWelcome = options.onWelcome || noop;
+    this.onJoin = options.onJoin || noop;
+    this.onLeave = options.onLeave || noop;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
     this.getToken = options.getToken || null;
     /** The token of the current connection, when the broker requires one. */
@@ -174,8 +179,11 @@ export class StarlingClient {
    * messages with offset greater than it first; topics only, as offsets
    * belong to a topic. Both apply when the first handler of `topic`
    * subscribes; after that the client resumes from its own position.
+   * On a presence topic, `name` (without auth: the member's name, 1 to 64
+   * bytes) and `info` (an object of at most 1 KiB) say who this session is;
+   * like `since`, they are set by the topic's first handler.
    */
-  subscribe(topic, handler, { since, epoch } = {}) {
+  subscribe(topic, handler, { since, epoch, name, info } = {}) {
     if (typeof handler !== "function") throw new TypeError("subscribe needs a handler function");
     let sub = this._subs.get(topic);
     if (!sub) {
@@ -184,7 +192,9 @@ export class StarlingClient {
       // none until the ack names the topic's latest.
       const resume = typeof since === "number" && !isPattern(topic);
       const position = resume ? { offset: since, epoch: epoch ?? undefined } : undefined;
-      sub = { topic, handlers: new Set(), position, acked: false };
+      // On a presence topic: the member's name and the session's info,
+      // sent by every (re)subscribe.
+      sub = { topic, handlers: new Set(), position, acked: false, name, info };
       sub.ready = new Promise((resolve, reject) => {
         sub.resolve = resolve;
         sub.reject = reject;
@@ -225,6 +235,16 @@ export class StarlingClient {
    */
   publish(topic, payload) {
     this._sendOrQueue({ type: "publish", topic, payload });
+  }
+
+  /**
+   * Who is on a presence topic (the broker's `--presence`): resolves with
+   * `{count, members: [{name, sessions, info}]}` (at most 1,000 members),
+   * rejects with a StarlingError (`invalid_topic` for a topic without
+   * presence, `unauthorized`, `timeout`, `disconnected`, `closed`).
+   */
+  presence(topic) {
+    return this._request({ type: "presence", topic }, "presence", false);
   }
 
   /**
@@ -365,6 +385,13 @@ export class StarlingClient {
         return this._onErrorFrame(frame);
       case "lagged":
         return this._onLagged(frame);
+      case "presence":
+        return this._settle(frame.id, (p) =>
+          p.resolve({ count: frame.count ?? 0, members: frame.members ?? [] }),
+        );
+      case "join":
+      case "leave":
+        return this._onPresenceEvent(frame);
       default:
         return; // unknown frame types are ignored (newer brokers)
     }
@@ -455,6 +482,15 @@ export class StarlingClient {
     }
   }
 
+  _onPresenceEvent(frame) {
+    const callback = frame.type === "join" ? this.onJoin : this.onLeave;
+    try {
+      callback(frame.topic, frame.member);
+    } catch (err) {
+      console.error(`starling: on${frame.type === "join" ? "Join" : "Leave"} threw`, err);
+    }
+  }
+
   _onErrorFrame(frame) {
     const err = new StarlingError(frame.code, frame.message);
     if (frame.id !== undefined && this._pending.has(frame.id)) {
@@ -483,6 +519,8 @@ export class StarlingClient {
   _sendSubscribe(sub) {
     const id = this._nextId++;
     const frame = { type: "subscribe", id, topic: sub.topic };
+    if (sub.name !== undefined) frame.name = sub.name;
+    if (sub.info !== undefined) frame.info = sub.info;
     const position = isPattern(sub.topic) ? undefined : sub.position;
     if (position) {
       frame.since = position.offset;

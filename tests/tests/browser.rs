@@ -405,6 +405,44 @@ async fn two_pages_chat_in_a_room_and_see_messages_published_from_rust() {
     .await;
 }
 
+const MEMBERS: &str = "return [document.getElementById('people-title').textContent, \
+     [...document.querySelectorAll('#people .name')].map((e) => e.textContent)]";
+
+/// With `--presence chat.`, the chat lists who is in the room from the
+/// broker's presence, and follows joins and leaves live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_lists_who_is_in_the_room_from_presence() {
+    scenario(async |driver| {
+        let broker = TestBroker::with_config(|c| {
+            c.presence_prefixes = vec!["chat.".into()];
+            c.presence_grace_ms = 300;
+        })
+        .await;
+        let ada = driver.browser().await;
+        let bob = driver.browser().await;
+        open(&ada, &broker.http_url(), "chat").await;
+        join(&ada, "ada", "members").await;
+        let members = |names: &'static [&'static str]| {
+            move |v: &Json| v[0] == "In the room" && v[1] == json!(names)
+        };
+        wait_js(&ada, "ada alone in the room", MEMBERS, members(&["ada"])).await;
+
+        // A second window joins: both see both, each itself first.
+        open(&bob, &broker.http_url(), "chat").await;
+        join(&bob, "bob", "members").await;
+        wait_js(&ada, "bob joins", MEMBERS, members(&["ada", "bob"])).await;
+        wait_js(&bob, "bob sees ada", MEMBERS, members(&["bob", "ada"])).await;
+        let path = screenshot(&ada, "presence.png").await;
+        eprintln!("presence: {}", path.display());
+
+        // It leaves: gone from the list once the grace period is over.
+        bob.goto("about:blank").await.expect("leave the page");
+        wait_js(&ada, "bob leaves", MEMBERS, members(&["ada"])).await;
+        broker.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn html_in_a_message_is_shown_as_text() {
     const EVIL: &str = "<script>alert(1)</script><b>x</b>";

@@ -1,7 +1,8 @@
 //! `web-demo/starling.js` under Node's test runner (`tests/js/*.test.mjs`),
 //! against real brokers started here: one with auth on
 //! (`auth.test.mjs`), and one that keeps history for `hist.` topics and
-//! that the tests may restart (`history.test.mjs`).
+//! that the tests may restart (`history.test.mjs`), and one that keeps
+//! presence on `room.` topics (`presence.test.mjs`).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -65,6 +66,22 @@ async fn starling_js_passes_its_node_tests_against_a_real_broker() {
         ("STARLING_JWT_SECRET", SECRET.to_owned()),
     ];
     node_test("auth.test.mjs", &env, 3).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starling_js_follows_presence_against_a_real_broker() {
+    let broker = TestBroker::with_config(|c| {
+        c.presence_prefixes = vec!["room.".into()];
+        c.presence_grace_ms = 100;
+    })
+    .await;
+    node_test(
+        "presence.test.mjs",
+        &[("STARLING_WS_URL", broker.ws_url())],
+        1,
+    )
+    .await;
     broker.stop().await;
 }
 
