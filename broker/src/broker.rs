@@ -195,9 +195,12 @@ impl Broker {
                 Box::new(MemoryRelay::new(registry.clone(), history, node_id.clone()))
             }
         };
-        let presence = (!config.presence_prefixes.is_empty()).then(|| {
+        let keeps_presence =
+            !config.presence_prefixes.is_empty() || !config.presence_counts_prefixes.is_empty();
+        let presence = keeps_presence.then(|| {
             Presence::new(
                 config.presence_prefixes.clone(),
+                config.presence_counts_prefixes.clone(),
                 Duration::from_millis(config.presence_grace_ms),
                 registry.clone(),
                 metrics.clone(),

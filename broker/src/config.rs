@@ -226,6 +226,17 @@ pub struct Config {
     #[arg(long, env = "STARLING_PRESENCE_GRACE_MS", default_value_t = 5_000)]
     pub presence_grace_ms: u64,
 
+    /// Keep presence as counts only on topics starting with this prefix
+    /// (for very large rooms): `presence` answers `count` without
+    /// `members`, and no `join` or `leave` is sent (repeatable).
+    #[arg(
+        long = "presence-counts",
+        env = "STARLING_PRESENCE_COUNTS",
+        value_delimiter = ',',
+        value_name = "PREFIX"
+    )]
+    pub presence_counts_prefixes: Vec<String>,
+
     /// Redis to cluster through, e.g. `redis://127.0.0.1:6379` or, over TLS,
     /// `rediss://redis.internal:6380` (default:
     /// none, a single node).

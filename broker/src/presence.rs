@@ -72,6 +72,8 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct Presence {
     prefixes: Vec<String>,
+    /// Topics kept as counts only: no member list, no events.
+    counts_only: Vec<String>,
     grace: Duration,
     rooms: DashMap<Topic, HashMap<Arc<str>, Entry>>,
     registry: Arc<TopicRegistry>,
@@ -81,10 +83,12 @@ pub(crate) struct Presence {
 }
 
 impl Presence {
-    /// Presence on topics starting with one of `prefixes`, with leaves
-    /// announced `grace` after a member's last session ended.
+    /// Presence on topics starting with one of `prefixes` (and, as counts
+    /// only, `counts_only`), with leaves announced `grace` after a member's
+    /// last session ended.
     pub(crate) fn new(
         prefixes: Vec<String>,
+        counts_only: Vec<String>,
         grace: Duration,
         registry: Arc<TopicRegistry>,
         metrics: Arc<Metrics>,
@@ -92,6 +96,7 @@ impl Presence {
     ) -> Arc<Self> {
         Arc::new(Presence {
             prefixes,
+            counts_only,
             grace,
             rooms: DashMap::new(),
             registry,
@@ -103,11 +108,12 @@ impl Presence {
 
     /// Whether `topic` keeps presence.
     pub(crate) fn covers(&self, topic: &Topic) -> bool {
-        !topic.is_reserved()
-            && self
-                .prefixes
-                .iter()
-                .any(|prefix| topic.as_str().starts_with(prefix.as_str()))
+        !topic.is_reserved() && (under(&self.prefixes, topic) || under(&self.counts_only, topic))
+    }
+
+    /// Whether `topic` keeps presence as counts only.
+    fn counts_only(&self, topic: &Topic) -> bool {
+        under(&self.counts_only, topic)
     }
 
     /// Starts a session of member `name` on `topic` (which it covers); the
@@ -224,22 +230,29 @@ impl Presence {
     }
 
     /// Sends a `join` or `leave` to the topic's subscribers, in order with
-    /// its messages.
+    /// its messages (not on a topic kept as counts only).
     fn announce(&self, event: Envelope) {
         let (Envelope::Join { topic, .. } | Envelope::Leave { topic, .. }) = &event else {
             return;
         };
+        if self.counts_only(topic) {
+            return;
+        }
         self.metrics.presence_events.inc();
         let delivery = Delivery::event(topic.clone(), event.clone(), self.node.clone());
         self.registry.publish_to_topic(delivery);
     }
 
     /// The members of `topic`: how many, and up to [`MAX_LISTED`] of them
-    /// with their sessions and the `info` of the newest.
-    pub(crate) fn members(&self, topic: &Topic) -> (u64, Vec<Member>) {
+    /// with their sessions and the `info` of the newest (`None` on a topic
+    /// kept as counts only).
+    pub(crate) fn members(&self, topic: &Topic) -> (u64, Option<Vec<Member>>) {
         let Some(room) = self.rooms.get(topic) else {
-            return (0, Vec::new());
+            return (0, (!self.counts_only(topic)).then(Vec::new));
         };
+        if self.counts_only(topic) {
+            return (room.len() as u64, None);
+        }
         // A member in its grace period is listed (with no session) until
         // its leave is announced, as the events tell it.
         let count = room.len() as u64;
@@ -252,8 +265,15 @@ impl Presence {
                 info: entry.sessions.last().and_then(|(_, info)| info.clone()),
             })
             .collect();
-        (count, members)
+        (count, Some(members))
     }
+}
+
+/// Whether `topic` starts with one of `prefixes`.
+fn under(prefixes: &[String], topic: &Topic) -> bool {
+    prefixes
+        .iter()
+        .any(|prefix| topic.as_str().starts_with(prefix.as_str()))
 }
 
 /// A session on a presence topic; dropping it ends the session.

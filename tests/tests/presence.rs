@@ -212,3 +212,42 @@ async fn names_and_info_are_bounded_and_presence_is_only_under_its_prefixes() {
         1.0
     );
 }
+
+/// `--presence-counts`: a very large room keeps a count, without a member
+/// list and without events.
+#[tokio::test]
+async fn a_counts_only_topic_answers_a_count_and_sends_no_events() {
+    let broker = TestBroker::with_config(|c| {
+        c.presence_counts_prefixes = vec!["stadium.".into()];
+        c.presence_grace_ms = 0;
+    })
+    .await;
+    let mut watcher = broker.json().await;
+    watcher.subscribe("stadium.final").await;
+    let mut fans = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut fan = broker.json().await;
+        enter(&mut fan, "stadium.final", Some(name), None).await;
+        fans.push(fan);
+    }
+    let id = watcher.next_id();
+    let answer = watcher
+        .request(&Envelope::Presence {
+            id: Some(id),
+            topic: Topic::new("stadium.final").unwrap(),
+            count: None,
+            members: None,
+        })
+        .await;
+    assert_eq!(
+        answer,
+        Envelope::Presence {
+            id: Some(id),
+            topic: Topic::new("stadium.final").unwrap(),
+            count: Some(4),
+            members: None,
+        }
+    );
+    drop(fans);
+    watcher.expect_silence(Duration::from_millis(200)).await;
+}

@@ -480,7 +480,7 @@ impl<const ECHO: bool> Session<ECHO> {
             id,
             topic,
             count: Some(count),
-            members: Some(members),
+            members,
         });
     }
 
