@@ -197,6 +197,12 @@ impl Broker {
         };
         let keeps_presence =
             !config.presence_prefixes.is_empty() || !config.presence_counts_prefixes.is_empty();
+        if keeps_presence && config.redis_url.is_some() {
+            tracing::warn!(
+                "presence is kept per node: in a cluster each node knows only its own \
+                 clients' sessions"
+            );
+        }
         let presence = keeps_presence.then(|| {
             Presence::new(
                 config.presence_prefixes.clone(),

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub(crate) relay_queue_bytes: Gauge,
     pub(crate) relay_rejected: Counter,
     pub(crate) redis_reconnects: Counter,
+    pub(crate) history_store_requests: Counter,
+    pub(crate) history_store_failures: Counter,
     pub(crate) relay_latency: Histogram,
 }
 
@@ -124,6 +126,8 @@ impl Metrics {
             relay_queue_bytes: Gauge::default(),
             relay_rejected: Counter::default(),
             redis_reconnects: Counter::default(),
+            history_store_requests: Counter::default(),
+            history_store_failures: Counter::default(),
             // 50 µs to about 6.5 s.
             relay_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             registry: Registry::default(),
@@ -263,6 +267,16 @@ impl Metrics {
             "cluster_redis_reconnects",
             "Times the Redis subscription link was restored",
             m.redis_reconnects.clone(),
+        );
+        registry.register(
+            "history_store_requests",
+            "Scripts sent to the history store in Redis (appends and reads)",
+            m.history_store_requests.clone(),
+        );
+        registry.register(
+            "history_store_failures",
+            "Appends and reads the history store in Redis did not answer (each got error internal)",
+            m.history_store_failures.clone(),
         );
         registry.register(
             "cluster_relay_latency_seconds",

@@ -202,9 +202,9 @@ async fn a_node_restart_keeps_the_history_and_a_redis_restart_changes_the_epoch(
 
     // Redis restarts without persistence: the offsets restart, in a new
     // epoch, and a client resuming from the old one is reset.
+    // (The link may notice, reconnect and be up again before a check for
+    // "down" would run: the probes below are what waits for Redis.)
     redis.restart();
-    second.wait_cluster(false).await;
-    second.wait_cluster(true).await;
     let mut publisher = second.json().await;
     // The first command after the restart may find the store's connection
     // broken: it fails with `internal` (the client may try again) while
@@ -227,6 +227,12 @@ async fn a_node_restart_keeps_the_history_and_a_redis_restart_changes_the_epoch(
             other => panic!("the store did not come back: {other:?}"),
         }
     }
+    let (_, metrics) = http_get(&format!("{}/metrics", second.http_url())).await;
+    let failures = starling_tests::metric(&metrics, "starling_history_store_failures_total");
+    assert_eq!(failures, f64::from(tries), "each failed publish is counted");
+    let requests = starling_tests::metric(&metrics, "starling_history_store_requests_total");
+    // The probes, and the read and publish before the restart.
+    assert!(requests >= f64::from(tries) + 3.0, "{requests} requests");
     let mut new_epoch = None;
     for i in 0..5 {
         let (offset, got) = publish(&mut publisher, "chat.room", 100 + i).await;

@@ -186,7 +186,12 @@ impl RedisRelay {
                 Mode::Classic(client) => Connector::Classic(client.clone()),
                 Mode::Sharded(client) => Connector::Cluster(client.clone()),
             };
-            let (store, task) = stream_history(connector, inbound.names.clone(), history.ttl);
+            let (store, task) = stream_history(
+                connector,
+                inbound.names.clone(),
+                history.ttl,
+                inbound.metrics.clone(),
+            );
             let history = SharedHistory::new(history.policy, store, interest.clone());
             (Some(history), Some(task))
         } else {

@@ -30,6 +30,7 @@ use tracing::warn;
 
 use crate::delivery::Delivery;
 use crate::history::{Position, Resume, new_epoch};
+use crate::metrics::Metrics;
 use crate::relay::StoreUnavailable;
 use crate::relay::link::{Backoff, REDIS_TIMEOUT, RELAY_BATCH};
 use crate::relay::wire::{self, Names};
@@ -250,6 +251,7 @@ impl Connector {
 #[derive(Debug, Clone)]
 pub(crate) struct StreamHistory {
     queue: mpsc::Sender<Request>,
+    metrics: Arc<Metrics>,
 }
 
 /// The task's half: the queue, and how to reach Redis.
@@ -269,11 +271,15 @@ pub(crate) fn stream_history(
     connector: Connector,
     names: Names,
     ttl: u64,
+    metrics: Arc<Metrics>,
 ) -> (StreamHistory, StreamTask) {
     let (sender, queue) = mpsc::channel(QUEUE);
     let sharded = matches!(connector, Connector::Cluster(_));
     (
-        StreamHistory { queue: sender },
+        StreamHistory {
+            queue: sender,
+            metrics,
+        },
         StreamTask {
             queue,
             connector,
@@ -305,9 +311,29 @@ impl StreamHistory {
             length,
             reply,
         });
+        self.answered(sent.is_ok(), answer)
+    }
+
+    /// The answer to a request, counted in the metrics.
+    fn answered<T: Send + 'static>(
+        &self,
+        sent: bool,
+        answer: oneshot::Receiver<Result<T, StoreUnavailable>>,
+    ) -> impl Future<Output = Result<T, StoreUnavailable>> + Send + 'static {
+        let metrics = self.metrics.clone();
+        metrics.history_store_requests.inc();
         async move {
-            sent.map_err(|_| unavailable("too many requests wait for redis"))?;
-            answer.await.map_err(|_| unavailable("stopped"))?
+            let result = if sent {
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err(unavailable("no answer from redis in time")))
+            } else {
+                Err(unavailable("too many requests wait for redis"))
+            };
+            if result.is_err() {
+                metrics.history_store_failures.inc();
+            }
+            result
         }
     }
 
@@ -318,10 +344,7 @@ impl StreamHistory {
     ) -> impl Future<Output = Result<Page, StoreUnavailable>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let sent = self.queue.try_send(Request::Read { read, reply });
-        async move {
-            sent.map_err(|_| unavailable("too many requests wait for redis"))?;
-            answer.await.map_err(|_| unavailable("stopped"))?
-        }
+        self.answered(sent.is_ok(), answer)
     }
 }
 
