@@ -8,9 +8,10 @@
 //! that change subscriptions wait behind it, so that `subscribe` then
 //! `unsubscribe` does what it says; publishes do not wait.
 //!
-//! At most [`MAX_PENDING`] may wait per connection: past that, the
-//! connection stops reading until Redis answers, which holds back a client
-//! that publishes faster than Redis takes its messages.
+//! Once [`MAX_PENDING`] wait, the connection reads nothing more from its
+//! socket until Redis answers (the frames of the read that passed the mark
+//! are still handled, so a read buffer's worth may wait beyond it), which
+//! holds back a client that publishes faster than Redis takes its messages.
 
 use std::future::{Future, ready};
 use std::pin::Pin;
