@@ -14,7 +14,8 @@
 //! ends the session, on every exit path.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -23,7 +24,6 @@ use starling_protocol::{Envelope, Member, Payload, Topic, Value};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::registry::TopicRegistry;
-use crate::sync::lock;
 
 /// The longest `name`, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 64;
@@ -79,7 +79,7 @@ pub(crate) struct Presence {
     registry: Arc<TopicRegistry>,
     metrics: Arc<Metrics>,
     node: Arc<str>,
-    next_session: Mutex<u64>,
+    next_session: AtomicU64,
 }
 
 impl Presence {
@@ -102,7 +102,7 @@ impl Presence {
             registry,
             metrics,
             node,
-            next_session: Mutex::new(0),
+            next_session: AtomicU64::new(1),
         })
     }
 
@@ -124,11 +124,7 @@ impl Presence {
         name: Arc<str>,
         info: Option<Payload>,
     ) -> Session {
-        let id = {
-            let mut next = lock(&self.next_session);
-            *next += 1;
-            *next
-        };
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let joined = {
             let mut room = self.rooms.entry(topic.clone()).or_default();
             let entry = room.entry(name.clone()).or_insert_with(|| Entry {
