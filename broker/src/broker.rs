@@ -158,7 +158,10 @@ impl Broker {
             }
             _ => {}
         }
-        let relay: Box<dyn Relay> = match &config.redis_url {
+        let keeps_presence =
+            !config.presence_prefixes.is_empty() || !config.presence_counts_prefixes.is_empty();
+        let grace = Duration::from_millis(config.presence_grace_ms);
+        let (relay, presence_store): (Box<dyn Relay>, _) = match &config.redis_url {
             Some(url) => {
                 let history = HistorySettings {
                     policy: HistoryPolicy::new(config.history, &config.history_prefixes),
@@ -176,13 +179,16 @@ impl Broker {
                             .zip(config.redis_client_key.as_deref()),
                     },
                 };
-                Box::new(RedisRelay::new(
+                let relay = RedisRelay::new(
                     link,
                     history,
                     registry.clone(),
                     metrics.clone(),
                     node_id.clone(),
-                )?)
+                )?;
+                let store = keeps_presence
+                    .then(|| relay.presence_store(grace, config.presence_counts_prefixes.clone()));
+                (Box::new(relay), store)
             }
             None => {
                 let policy = HistoryPolicy::new(config.history, &config.history_prefixes);
@@ -192,25 +198,19 @@ impl Broker {
                     ttl: (config.history_ttl > 0).then(|| Duration::from_secs(config.history_ttl)),
                 };
                 let history = HistoryStore::new(policy, bounds, metrics.clone());
-                Box::new(MemoryRelay::new(registry.clone(), history, node_id.clone()))
+                let relay = MemoryRelay::new(registry.clone(), history, node_id.clone());
+                (Box::new(relay), None)
             }
         };
-        let keeps_presence =
-            !config.presence_prefixes.is_empty() || !config.presence_counts_prefixes.is_empty();
-        if keeps_presence && config.redis_url.is_some() {
-            tracing::warn!(
-                "presence is kept per node: in a cluster each node knows only its own \
-                 clients' sessions"
-            );
-        }
         let presence = keeps_presence.then(|| {
             Presence::new(
                 config.presence_prefixes.clone(),
                 config.presence_counts_prefixes.clone(),
-                Duration::from_millis(config.presence_grace_ms),
+                grace,
                 registry.clone(),
                 metrics.clone(),
                 node_id.clone(),
+                presence_store,
             )
         });
         Ok(Broker {
@@ -362,10 +362,17 @@ impl Broker {
     /// back by itself).
     pub(crate) fn start_relay(&self) {
         self.shared.relay.start();
+        if let Some(presence) = &self.shared.presence {
+            presence.start();
+        }
     }
 
-    /// Stops relaying to the other nodes.
-    pub(crate) fn stop_relay(&self) {
+    /// Stops relaying to the other nodes, after saying goodbye to their
+    /// presence.
+    pub(crate) async fn stop_relay(&self) {
+        if let Some(presence) = &self.shared.presence {
+            presence.stop().await;
+        }
         self.shared.relay.stop();
     }
 

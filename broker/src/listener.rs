@@ -177,7 +177,7 @@ pub async fn serve(
     if let Some(reloads) = reloads {
         reloads.abort();
     }
-    broker.stop_relay();
+    broker.stop_relay().await;
     let deadline = shutdown_timeout + Duration::from_secs(1);
     if !broker.connections_closed(deadline).await {
         warn!("some connections did not close in time");

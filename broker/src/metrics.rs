@@ -66,6 +66,8 @@ pub struct Metrics {
     pub(crate) presence_members: Gauge,
     pub(crate) presence_sessions: Gauge,
     pub(crate) presence_events: Counter,
+    pub(crate) presence_store_requests: Counter,
+    pub(crate) presence_store_failures: Counter,
     published: Family<SourceLabel, Counter>,
     published_total: Counter,
     pub(crate) delivered: Counter,
@@ -110,6 +112,8 @@ impl Metrics {
             presence_members: Gauge::default(),
             presence_sessions: Gauge::default(),
             presence_events: Counter::default(),
+            presence_store_requests: Counter::default(),
+            presence_store_failures: Counter::default(),
             published: Family::default(),
             published_total: Counter::default(),
             delivered: Counter::default(),
@@ -189,8 +193,18 @@ impl Metrics {
         );
         registry.register(
             "presence_events",
-            "join and leave events announced (each once per topic, whatever its subscribers)",
+            "join and leave events delivered on this node (each once per topic, whatever its subscribers)",
             m.presence_events.clone(),
+        );
+        registry.register(
+            "presence_store_requests",
+            "Commands and scripts sent to Redis for presence (writes, reads, heartbeats, reaping)",
+            m.presence_store_requests.clone(),
+        );
+        registry.register(
+            "presence_store_failures",
+            "Presence commands Redis did not answer, or answered with an error",
+            m.presence_store_failures.clone(),
         );
         registry.register(
             "messages_published",

@@ -9,21 +9,31 @@
 //! session came back meanwhile. Both go through the topic's ring, in order
 //! with its messages, encoded once for all its subscribers.
 //!
+//! In a cluster ([`SharedPresence`]), the node keeps only its own sessions
+//! here and writes its share of each member to Redis, where scripts decide
+//! joins and leaves for the whole cluster and announce them on the topic's
+//! channel; the grace period is timed by the node that ended the member's
+//! last session (or, when that node died, by the one that reaped it).
+//!
 //! A session is held by a [`Session`] guard: dropping it (unsubscribe, the
 //! connection's end, a refreshed token that no longer allows the topic)
 //! ends the session, on every exit path.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use starling_protocol::{Envelope, Member, Payload, Topic, Value};
+use tokio::task::JoinHandle;
 
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::registry::TopicRegistry;
+use crate::relay::shared_presence::{InfoChange, PresenceTask, Share, SharedPresence};
+use crate::relay::{Answer, StoreUnavailable};
+use crate::sync::lock;
 
 /// The longest `name`, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 64;
@@ -80,12 +90,21 @@ pub(crate) struct Presence {
     metrics: Arc<Metrics>,
     node: Arc<str>,
     next_session: AtomicU64,
+    /// In a cluster: the store in Redis, its task (until started), and the
+    /// task running.
+    shared: Option<SharedPresence>,
+    task: Mutex<Option<PresenceTask>>,
+    running: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// A topic's members: how many, and (unless the topic keeps counts only)
+/// some of them.
+pub(crate) type Members = (u64, Option<Vec<Member>>);
 
 impl Presence {
     /// Presence on topics starting with one of `prefixes` (and, as counts
     /// only, `counts_only`), with leaves announced `grace` after a member's
-    /// last session ended.
+    /// last session ended; in a cluster, kept in Redis through `store`.
     pub(crate) fn new(
         prefixes: Vec<String>,
         counts_only: Vec<String>,
@@ -93,8 +112,13 @@ impl Presence {
         registry: Arc<TopicRegistry>,
         metrics: Arc<Metrics>,
         node: Arc<str>,
+        store: Option<(SharedPresence, PresenceTask)>,
     ) -> Arc<Self> {
+        let (shared, task) = store.unzip();
         Arc::new(Presence {
+            shared,
+            task: Mutex::new(task),
+            running: Mutex::new(None),
             prefixes,
             counts_only,
             grace,
@@ -125,6 +149,16 @@ impl Presence {
         info: Option<Payload>,
     ) -> Session {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            presence: Arc::downgrade(self),
+            topic: topic.clone(),
+            name: name.clone(),
+            id,
+        };
+        if let Some(shared) = &self.shared {
+            self.enter_shared(shared, topic, name, id, info);
+            return session;
+        }
         let joined = {
             let mut room = self.rooms.entry(topic.clone()).or_default();
             let entry = room.entry(name.clone()).or_insert_with(|| Entry {
@@ -143,25 +177,149 @@ impl Presence {
         if joined {
             self.metrics.presence_members.inc();
             self.announce(Envelope::Join {
-                topic: topic.clone(),
+                topic,
                 member: Member {
-                    name: name.clone(),
+                    name,
                     sessions: None,
                     info,
                 },
             });
         }
-        Session {
-            presence: Arc::downgrade(self),
-            topic,
-            name,
-            id,
+        session
+    }
+
+    /// [`Presence::enter`] in a cluster: the node's share of the member is
+    /// written to Redis, which decides whether it joins.
+    fn enter_shared(
+        &self,
+        shared: &SharedPresence,
+        topic: Topic,
+        name: Arc<str>,
+        id: u64,
+        info: Option<Payload>,
+    ) {
+        let index = !self.rooms.contains_key(&topic);
+        let mut room = self.rooms.entry(topic.clone()).or_default();
+        let entry = room.entry(name.clone()).or_insert_with(|| Entry {
+            sessions: Vec::new(),
+            generation: 0,
+        });
+        if entry.sessions.is_empty() {
+            self.metrics.presence_members.inc();
+        }
+        entry.sessions.push((id, info));
+        self.metrics.presence_sessions.inc();
+        let share = self.share(&topic, &name, entry, true);
+        // Under the room's lock: a member's writes are queued in order.
+        shared.share(share, index);
+    }
+
+    /// This node's share of member `name` of `topic` (`new`: a session
+    /// was just added, whose info becomes the member's).
+    fn share(&self, topic: &Topic, name: &Arc<str>, entry: &Entry, new: bool) -> Share {
+        let newest = entry.sessions.last().and_then(|(_, info)| info.as_ref());
+        let info = match (new, newest) {
+            (false, _) => InfoChange::Keep,
+            (true, None) => InfoChange::Clear,
+            (true, Some(info)) => InfoChange::Set(info.to_json_string()),
+        };
+        let join = (new && !self.counts_only(topic)).then(|| Envelope::Join {
+            topic: topic.clone(),
+            member: Member {
+                name: name.clone(),
+                sessions: None,
+                info: newest.cloned(),
+            },
+        });
+        Share {
+            topic: topic.clone(),
+            name: name.clone(),
+            sessions: entry.sessions.len(),
+            info,
+            join,
+        }
+    }
+
+    /// [`Presence::exit`] in a cluster.
+    fn exit_shared(&self, shared: &SharedPresence, topic: &Topic, name: &Arc<str>, id: u64) {
+        let Some(mut room) = self.rooms.get_mut(topic) else {
+            return;
+        };
+        let Some(entry) = room.get_mut(name) else {
+            return;
+        };
+        let before = entry.sessions.len();
+        entry.sessions.retain(|(session, _)| *session != id);
+        if entry.sessions.len() == before {
+            return;
+        }
+        self.metrics.presence_sessions.dec();
+        let share = self.share(topic, name, entry, false);
+        if entry.sessions.is_empty() {
+            room.remove(name);
+            self.metrics.presence_members.dec();
+        }
+        shared.share(share, false);
+        if room.is_empty() {
+            drop(room);
+            if self
+                .rooms
+                .remove_if(topic, |_, room| room.is_empty())
+                .is_some()
+            {
+                shared.unindex(topic.clone());
+            }
+        }
+    }
+
+    /// Every session this node holds, as shares, for the store to write
+    /// anew.
+    fn snapshot(&self) -> Vec<Share> {
+        let mut shares = Vec::new();
+        for room in self.rooms.iter() {
+            for (name, entry) in room.value() {
+                if !entry.sessions.is_empty() {
+                    shares.push(self.share(room.key(), name, entry, true));
+                }
+            }
+        }
+        shares
+    }
+
+    /// Starts the cluster store's task (heartbeats, writes, reaping).
+    pub(crate) fn start(self: &Arc<Self>) {
+        let Some(task) = lock(&self.task).take() else {
+            return;
+        };
+        let presence = Arc::downgrade(self);
+        let snapshot = Box::new(move || {
+            presence
+                .upgrade()
+                .map(|presence| presence.snapshot())
+                .unwrap_or_default()
+        });
+        *lock(&self.running) = Some(tokio::spawn(task.run(snapshot)));
+    }
+
+    /// Says goodbye to the cluster: once this node's last writes are in
+    /// Redis, its alive key goes, so that the other nodes time the grace
+    /// periods of its members at once instead of after the heartbeat
+    /// timeout. Then stops the task.
+    pub(crate) async fn stop(&self) {
+        if let Some(shared) = &self.shared {
+            shared.goodbye().await;
+        }
+        if let Some(task) = lock(&self.running).take() {
+            task.abort();
         }
     }
 
     /// Ends session `id` of `name` on `topic`; the member's last session
     /// starts its grace period.
     fn exit(self: &Arc<Self>, topic: &Topic, name: &Arc<str>, id: u64) {
+        if let Some(shared) = &self.shared {
+            return self.exit_shared(shared, topic, name, id);
+        }
         let last = {
             let Some(mut room) = self.rooms.get_mut(topic) else {
                 return;
@@ -242,7 +400,21 @@ impl Presence {
     /// The members of `topic`: how many, and up to [`MAX_LISTED`] of them
     /// with their sessions and the `info` of the newest (`None` on a topic
     /// kept as counts only).
-    pub(crate) fn members(&self, topic: &Topic) -> (u64, Option<Vec<Member>>) {
+    pub(crate) fn members(&self, topic: &Topic) -> Answer<Members> {
+        let Some(shared) = &self.shared else {
+            return Answer::Now(self.local_members(topic));
+        };
+        let counts_only = self.counts_only(topic);
+        let max = if counts_only { 0 } else { MAX_LISTED };
+        let listing = shared.members(topic.clone(), max);
+        Answer::Later(Box::pin(async move {
+            let listing = listing.await?;
+            Ok::<_, StoreUnavailable>((listing.count, (!counts_only).then_some(listing.members)))
+        }))
+    }
+
+    /// The members of `topic` on this single node.
+    fn local_members(&self, topic: &Topic) -> Members {
         let Some(room) = self.rooms.get(topic) else {
             return (0, (!self.counts_only(topic)).then(Vec::new));
         };

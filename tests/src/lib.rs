@@ -15,6 +15,7 @@ mod broker;
 mod client;
 mod delay;
 mod http;
+pub mod presence;
 mod process;
 mod raw;
 pub mod redis;

@@ -134,3 +134,39 @@ async fn sharded_nodes_share_history_and_a_client_resumes_on_another_node() {
         resumed.expect_silence(Duration::from_millis(100)).await;
     }
 }
+
+/// Presence over a Redis Cluster: a topic's presence keys and its sharded
+/// channel share a slot, so the scripts announce on it; members agree on
+/// both nodes across topics on different shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_nodes_share_presence() {
+    use starling_tests::presence::{enter, join_of, leave_of, members, watcher};
+
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let node = |id: &'static str| {
+        TestBroker::node_with(id, &url, |c| {
+            c.redis_sharded = true;
+            c.presence_prefixes = vec!["room-".into()];
+            c.presence_grace_ms = 0;
+        })
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    for room in ["room-1", "room-2", "room-3"] {
+        let mut on_a = watcher(&a, room, "wa").await;
+        let mut on_b = watcher(&b, room, "wb").await;
+        assert_eq!(join_of(on_a.recv().await).0, "wb");
+        let mut ada = b.json().await;
+        enter(&mut ada, room, Some("ada"), None).await;
+        assert_eq!(join_of(on_a.recv().await).0, "ada");
+        assert_eq!(join_of(on_b.recv().await).0, "ada");
+        let expected = (
+            3,
+            vec![("ada".into(), 1), ("wa".into(), 1), ("wb".into(), 1)],
+        );
+        assert_eq!(members(&mut on_a, room).await, expected);
+        ada.close().await;
+        assert_eq!(leave_of(on_a.recv().await), "ada");
+        assert_eq!(leave_of(on_b.recv().await), "ada");
+    }
+}

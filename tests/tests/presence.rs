@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use starling_protocol::{Envelope, ErrorCode, Filter, Member, Payload, Topic};
-use starling_tests::{Client, TestBroker};
+use starling_protocol::{Envelope, ErrorCode, Filter};
+use starling_tests::TestBroker;
+use starling_tests::presence::{ask, count_only, enter, join_of, leave_of, presence};
 
 const GRACE: Duration = Duration::from_millis(400);
 
@@ -14,66 +15,6 @@ async fn broker() -> TestBroker {
         c.presence_grace_ms = GRACE.as_millis() as u64;
     })
     .await
-}
-
-/// Subscribes to `topic` as `name` with `info` (JSON); returns the answer.
-async fn enter(
-    client: &mut Client,
-    topic: &str,
-    name: Option<&str>,
-    info: Option<&str>,
-) -> Envelope {
-    let id = client.next_id();
-    client
-        .request(&Envelope::Subscribe {
-            id: Some(id),
-            topic: Filter::new(topic).unwrap(),
-            since: None,
-            epoch: None,
-            name: name.map(Into::into),
-            info: info.map(|i| Payload::from_json(i).unwrap()),
-        })
-        .await
-}
-
-async fn presence(client: &mut Client, topic: &str) -> (u64, Vec<Member>) {
-    let id = client.next_id();
-    match client
-        .request(&Envelope::Presence {
-            id: Some(id),
-            topic: Topic::new(topic).unwrap(),
-            count: None,
-            members: None,
-        })
-        .await
-    {
-        Envelope::Presence {
-            count: Some(count),
-            members: Some(mut members),
-            ..
-        } => {
-            members.sort_by(|a, b| a.name.cmp(&b.name));
-            (count, members)
-        }
-        other => panic!("expected a presence answer, got {other:?}"),
-    }
-}
-
-fn join_of(frame: Envelope) -> (String, Option<String>) {
-    match frame {
-        Envelope::Join { member, .. } => (
-            member.name.to_string(),
-            member.info.map(|i| i.to_json_string()),
-        ),
-        other => panic!("expected a join, got {other:?}"),
-    }
-}
-
-fn leave_of(frame: Envelope) -> String {
-    match frame {
-        Envelope::Leave { member, .. } => member.name.to_string(),
-        other => panic!("expected a leave, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -189,16 +130,7 @@ async fn names_and_info_are_bounded_and_presence_is_only_under_its_prefixes() {
     other.subscribe("news.today").await;
     enter(&mut client, "news.today", Some("ada"), None).await;
     other.expect_silence(Duration::from_millis(200)).await;
-    let id = other.next_id();
-    match other
-        .request(&Envelope::Presence {
-            id: Some(id),
-            topic: Topic::new("news.today").unwrap(),
-            count: None,
-            members: None,
-        })
-        .await
-    {
+    match ask(&mut other, "news.today").await {
         Envelope::Error { code, .. } => assert_eq!(code, ErrorCode::InvalidTopic),
         other => panic!("expected an error, got {other:?}"),
     }
@@ -230,24 +162,7 @@ async fn a_counts_only_topic_answers_a_count_and_sends_no_events() {
         enter(&mut fan, "stadium.final", Some(name), None).await;
         fans.push(fan);
     }
-    let id = watcher.next_id();
-    let answer = watcher
-        .request(&Envelope::Presence {
-            id: Some(id),
-            topic: Topic::new("stadium.final").unwrap(),
-            count: None,
-            members: None,
-        })
-        .await;
-    assert_eq!(
-        answer,
-        Envelope::Presence {
-            id: Some(id),
-            topic: Topic::new("stadium.final").unwrap(),
-            count: Some(4),
-            members: None,
-        }
-    );
+    assert_eq!(count_only(&mut watcher, "stadium.final").await, 4);
     drop(fans);
     watcher.expect_silence(Duration::from_millis(200)).await;
 }

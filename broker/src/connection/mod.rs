@@ -47,6 +47,7 @@ mod exit;
 mod keepalive;
 mod outbox;
 mod pending;
+mod presence;
 mod session;
 mod subscriptions;
 

@@ -1,4 +1,4 @@
-//! Frames whose answer waits for the history store (Redis): their results
+//! Frames whose answer waits for a store in Redis (history, presence): their results
 //! are applied in the order the frames came.
 //!
 //! A publish on a topic whose history is in Redis is sent to Redis at once
@@ -19,10 +19,11 @@ use std::task::{Context, Poll};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use starling_protocol::{Envelope, Filter, Payload};
+use starling_protocol::{Envelope, Filter, Payload, Topic};
 
 use crate::broker::Broker;
 use crate::history::{Position, Recovery, Resume};
+use crate::presence::Members;
 use crate::registry::DeliveryReceiver;
 use crate::relay::{Answer, Published, StoreUnavailable};
 
@@ -47,6 +48,12 @@ pub(crate) enum Done {
     Position {
         id: Option<u64>,
         result: Result<Option<Position>, StoreUnavailable>,
+    },
+    /// A `presence` request on a topic whose presence is in Redis.
+    Presence {
+        id: Option<u64>,
+        topic: Topic,
+        result: Result<Members, StoreUnavailable>,
     },
     /// A frame that changes subscriptions, held behind a subscribe.
     Deferred(Envelope),
@@ -170,6 +177,18 @@ impl Pending {
             }
         };
         self.push(Box::pin(op), true, first);
+    }
+
+    /// A `presence` request, answered once Redis has.
+    pub(crate) fn presence(&mut self, id: Option<u64>, topic: Topic, answer: Answer<Members>) {
+        let op = async move {
+            Done::Presence {
+                id,
+                topic,
+                result: answer.get().await,
+            }
+        };
+        self.push(Box::pin(op), false, false);
     }
 
     /// A frame held until the subscribes before it are done.

@@ -12,7 +12,6 @@
 //! broker's connections (`Session<false>`) carry no check of it.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
 
 use starling_protocol::{
     CloseCode, Codec, CodecError, Envelope, ErrorCode, Filter, Payload, Topic,
@@ -33,7 +32,6 @@ use crate::connection::subscriptions::{Lag, Subscriptions};
 use crate::delivery::write_protocol_frame;
 use crate::history::{Position, Recovery, Resume};
 use crate::metrics::Source;
-use crate::presence;
 use crate::rate::{RateLimiter, Verdict};
 use crate::registry::DeliveryReceiver;
 use crate::relay::Answer;
@@ -52,7 +50,7 @@ pub(crate) struct Session<const ECHO: bool = false> {
     /// Boxed: most brokers run without a rate limit.
     rate: Option<Box<RateLimiter>>,
     /// Who the client is and what it may do.
-    auth: Auth,
+    pub(super) auth: Auth,
     /// Whether a `refresh` changed the token's expiry since the connection's
     /// timer last looked.
     expiry_changed: bool,
@@ -122,14 +120,19 @@ impl<const ECHO: bool> Session<ECHO> {
         std::mem::take(&mut self.expiry_changed)
     }
 
-    fn send(&mut self, envelope: &Envelope) {
+    pub(super) fn send(&mut self, envelope: &Envelope) {
         match self.codec.encode(envelope) {
             Ok(frame) => write_protocol_frame(&mut self.out.buf, &frame),
             Err(error) => warn!(conn_id = %self.admission.id, %error, "cannot encode frame"),
         }
     }
 
-    fn send_error(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+    pub(super) fn send_error(
+        &mut self,
+        id: Option<u64>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
         self.broker.metrics().error(code);
         self.send(&Envelope::error(id, code, message));
     }
@@ -288,7 +291,7 @@ impl<const ECHO: bool> Session<ECHO> {
     }
 
     /// The queue of frames waiting for the store, made when first needed.
-    fn pending(&mut self) -> &mut Pending {
+    pub(super) fn pending(&mut self) -> &mut Pending {
         self.pending.get_or_insert_with(Default::default)
     }
 
@@ -343,6 +346,10 @@ impl<const ECHO: bool> Session<ECHO> {
                 Ok(position) => self.ack(id, position),
                 Err(error) => self.send_error(id, ErrorCode::Internal, error.to_string()),
             },
+            Done::Presence { id, topic, result } => match result {
+                Ok(members) => self.answer_presence(id, topic, members),
+                Err(error) => self.send_error(id, ErrorCode::Internal, error.to_string()),
+            },
             Done::Deferred(envelope) => self.handle(envelope, true),
         }
     }
@@ -371,7 +378,7 @@ impl<const ECHO: bool> Session<ECHO> {
 
     /// Whether the connection may subscribe to `filter`; when not, says so
     /// to the client (an `error` answering `id`).
-    fn may_subscribe(&mut self, id: Option<u64>, filter: &Filter) -> bool {
+    pub(super) fn may_subscribe(&mut self, id: Option<u64>, filter: &Filter) -> bool {
         let allowed = self.auth.is_off()
             || self
                 .auth
@@ -413,7 +420,7 @@ impl<const ECHO: bool> Session<ECHO> {
             );
             return;
         }
-        if let Err(error) = presence::check(ask.name.as_deref(), ask.info.as_ref()) {
+        if let Err(error) = crate::presence::check(ask.name.as_deref(), ask.info.as_ref()) {
             return self.send_error(id, ErrorCode::BadFrame, error.to_string());
         }
         let (rx, answer) = self.broker.subscribe(&mut filter, ask.resume.as_ref());
@@ -450,38 +457,6 @@ impl<const ECHO: bool> Session<ECHO> {
         // The replay is read as the socket takes it, before live messages.
         self.subs
             .insert(filter, rx, recovery.replay, recovery.live_after, member);
-    }
-
-    /// Starts this connection's session on the presence of `filter`, when
-    /// it is a presence topic. The member is the token's `sub`, else the
-    /// `name` asked for, else the connection.
-    fn enter_presence(&self, filter: &Filter, ask: Ask) -> Option<presence::Session> {
-        let presence = self.broker.presence()?;
-        let topic = filter.as_topic().filter(|topic| presence.covers(topic))?;
-        let name: Arc<str> = match (self.auth.identity(), ask.name) {
-            (Some(identity), _) => identity.sub.clone(),
-            (None, Some(name)) => name.into(),
-            (None, None) => format!("{}/{}", self.broker.node_id(), self.admission.id).into(),
-        };
-        Some(presence.enter(topic, name, ask.info))
-    }
-
-    /// Answers a `presence` request: the members of a presence topic.
-    fn presence(&mut self, id: Option<u64>, topic: Topic) {
-        if !self.may_subscribe(id, &Filter::from(topic.clone())) {
-            return;
-        }
-        let Some(presence) = self.broker.presence().filter(|p| p.covers(&topic)) else {
-            let message = format!("{topic} keeps no presence (not under a --presence prefix)");
-            return self.send_error(id, ErrorCode::InvalidTopic, message);
-        };
-        let (count, members) = presence.members(&topic);
-        self.send(&Envelope::Presence {
-            id,
-            topic,
-            count: Some(count),
-            members,
-        });
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, filter: &Filter) {

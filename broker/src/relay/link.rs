@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::gauge::Gauge;
-use starling_protocol::{Filter, Topic};
+use starling_protocol::{Codec, Envelope, Filter, Topic};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -328,6 +328,13 @@ impl Inbound {
     /// [`streams`](super::streams)), and comes to every node, its origin
     /// included: that is how its subscribers get it, in offset order.
     pub(crate) fn receive(&self, bytes: &[u8], channel: &str, glob: Option<&str>) {
+        if let Some(event) = wire::split_event(bytes) {
+            // Presence events go to the topic's own subscribers only.
+            if glob.is_none() {
+                self.presence_event(event, channel);
+            }
+            return;
+        }
         let (numbered, bytes) = match wire::split_numbered(bytes) {
             Some((offset, epoch, rest)) => (Some((offset, epoch)), rest),
             None => (None, bytes),
@@ -374,6 +381,28 @@ impl Inbound {
                 self.registry.publish_to_topic(delivery);
             }
         }
+    }
+
+    /// Delivers a `join` or `leave` decided in Redis (see
+    /// [`shared_presence`](super::shared_presence)) to the topic's
+    /// subscribers on this node.
+    fn presence_event(&self, bytes: &[u8], channel: &str) {
+        let event = match Codec::Json.decode_bytes(bytes) {
+            Ok(event @ (Envelope::Join { .. } | Envelope::Leave { .. })) => event,
+            _ => return self.reject(channel, "undecodable presence event"),
+        };
+        let (Envelope::Join { topic, .. } | Envelope::Leave { topic, .. }) = &event else {
+            return;
+        };
+        if self.names.topic_of(channel) != Some(topic.as_str()) {
+            return self.reject(
+                channel,
+                "presence event for another topic than its channel's",
+            );
+        }
+        self.metrics.presence_events.inc();
+        let delivery = Delivery::event(topic.clone(), event.clone(), self.node.clone());
+        self.registry.publish_to_topic(delivery);
     }
 
     fn reject(&self, channel: &str, why: &str) {

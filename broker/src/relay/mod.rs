@@ -33,11 +33,15 @@ use starling_protocol::{Filter, Payload, Topic};
 use crate::history::{Excerpt, Position, Recovery, Resume};
 use crate::registry::DeliveryReceiver;
 
+pub(crate) mod conn;
 pub(crate) mod link;
 pub(crate) mod memory;
+pub(crate) mod presence_nodes;
+pub(crate) mod presence_scripts;
 pub(crate) mod redis;
 pub(crate) mod sharded;
 pub(crate) mod shared_history;
+pub(crate) mod shared_presence;
 pub(crate) mod streams;
 pub(crate) mod wire;
 

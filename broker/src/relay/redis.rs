@@ -15,6 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -27,13 +28,15 @@ use crate::history::{Excerpt, HistoryPolicy, Position, Recovery, Resume};
 use crate::interest::InterestQueue;
 use crate::metrics::Metrics;
 use crate::registry::{DeliveryReceiver, TopicRegistry};
+use crate::relay::conn::Connector;
 use crate::relay::link::{
     self, Backoff, Changes, HEARTBEAT, Inbound, OutboundReceiver, OutboundSender, Queued,
     REDIS_TIMEOUT, RELAY_BATCH, Throttle, Wanted, now_us, wait_offline,
 };
 use crate::relay::sharded;
 use crate::relay::shared_history::{self, SharedHistory};
-use crate::relay::streams::{Connector, StreamTask, stream_history};
+use crate::relay::shared_presence::{PresenceTask, SharedPresence, StoreSetup, shared_presence};
+use crate::relay::streams::{StreamTask, stream_history};
 use crate::relay::wire::{self, Names, Outbound, Subscription};
 use crate::relay::{Answer, ClusterError, LinkState, Published, RedisTlsFiles, Relay};
 use crate::sync::lock;
@@ -91,6 +94,8 @@ pub(crate) struct RedisRelay {
     /// The registry's interest, which the link follows.
     interest: Arc<InterestQueue>,
     history: Option<SharedHistory>,
+    /// How stores in Redis reach it.
+    connector: Connector,
     pending: Mutex<Option<Pending>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -181,13 +186,13 @@ impl RedisRelay {
             }))
         };
         let interest = Arc::new(InterestQueue::default());
+        let connector = match &mode {
+            Mode::Classic(client) => Connector::Classic(client.clone()),
+            Mode::Sharded(client) => Connector::Cluster(client.clone()),
+        };
         let (history, store) = if history.policy.is_enabled() {
-            let connector = match &mode {
-                Mode::Classic(client) => Connector::Classic(client.clone()),
-                Mode::Sharded(client) => Connector::Cluster(client.clone()),
-            };
             let (store, task) = stream_history(
-                connector,
+                connector.clone(),
                 inbound.names.clone(),
                 history.ttl,
                 inbound.metrics.clone(),
@@ -204,12 +209,31 @@ impl RedisRelay {
             up: Arc::new(AtomicBool::new(false)),
             interest,
             history,
+            connector,
             pending: Mutex::new(Some(Pending {
                 mode,
                 outbound: outbound_rx,
                 store,
             })),
             tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A presence store in the Redis of this cluster, whose members leave
+    /// `grace` after their last session.
+    pub(crate) fn presence_store(
+        &self,
+        grace: Duration,
+        counts_only: Vec<String>,
+    ) -> (SharedPresence, PresenceTask) {
+        shared_presence(StoreSetup {
+            connector: self.connector.clone(),
+            names: self.inbound.names.clone(),
+            node: self.inbound.node.clone(),
+            grace,
+            counts_only,
+            interest: self.interest.clone(),
+            metrics: self.inbound.metrics.clone(),
         })
     }
 

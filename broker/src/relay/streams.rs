@@ -32,6 +32,7 @@ use crate::delivery::Delivery;
 use crate::history::{Position, Resume, new_epoch};
 use crate::metrics::Metrics;
 use crate::relay::StoreUnavailable;
+use crate::relay::conn::{Conn, Connector, number, text};
 use crate::relay::link::{Backoff, REDIS_TIMEOUT, RELAY_BATCH};
 use crate::relay::wire::{self, Names};
 
@@ -198,52 +199,6 @@ enum Request {
         read: Read,
         reply: oneshot::Sender<Result<Page, StoreUnavailable>>,
     },
-}
-
-/// How the store reaches Redis.
-pub(crate) enum Connector {
-    Classic(Box<redis::Client>),
-    Cluster(Box<redis::cluster::ClusterClient>),
-}
-
-#[derive(Clone)]
-enum Conn {
-    Classic(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    async fn invoke(&mut self, invocation: redis::Cmd) -> redis::RedisResult<Value> {
-        match self {
-            Conn::Classic(conn) => invocation.query_async(conn).await,
-            Conn::Cluster(conn) => invocation.query_async(conn).await,
-        }
-    }
-}
-
-impl Connector {
-    async fn connect(&self) -> Result<Conn, String> {
-        let connect = async {
-            match self {
-                Connector::Classic(client) => {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(REDIS_TIMEOUT))
-                        .set_response_timeout(Some(REDIS_TIMEOUT));
-                    redis::aio::ConnectionManager::new_with_config((**client).clone(), config)
-                        .await
-                        .map(Conn::Classic)
-                }
-                Connector::Cluster(client) => {
-                    client.get_async_connection().await.map(Conn::Cluster)
-                }
-            }
-        };
-        match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("connecting timed out".into()),
-        }
-    }
 }
 
 /// The handle through which a node reads and writes topic histories in
@@ -462,21 +417,6 @@ impl Request {
                 let _ = reply.send(Err(error));
             }
         }
-    }
-}
-
-fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn number(value: &Value) -> Option<u64> {
-    match value {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        other => text(other)?.parse().ok(),
     }
 }
 

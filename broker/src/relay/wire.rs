@@ -4,8 +4,11 @@
 //! subscription maps to a Redis glob over those channels. A relayed message
 //! is version, flags, send time, origin node, topic, the publisher's
 //! identity when the flags say so, and payload, encoded once by its origin.
+//! The channel of a topic with history in Redis carries its messages
+//! numbered (`h<offset> <epoch> <message>`), and the channel of a presence
+//! topic also carries its `join` and `leave` events (`p<JSON event>`).
 
-use starling_protocol::{Filter, Payload, Topic};
+use starling_protocol::{Codec, Envelope, Filter, Payload, Topic};
 
 const VERSION: u8 = 1;
 const FLAG_JSON: u8 = 1;
@@ -217,6 +220,20 @@ pub(crate) fn split_numbered(bytes: &[u8]) -> Option<(u64, &str, &[u8])> {
     let space = rest.iter().position(|&b| b == b' ')?;
     let epoch = std::str::from_utf8(&rest[..space]).ok()?;
     Some((offset, epoch, &rest[space + 1..]))
+}
+
+/// A presence event as it travels on a topic's channel.
+pub(crate) fn event(event: &Envelope) -> Vec<u8> {
+    let mut bytes = b"p".to_vec();
+    if let Ok(frame) = Codec::Json.encode(event) {
+        bytes.extend_from_slice(frame.as_bytes());
+    }
+    bytes
+}
+
+/// The presence event in a channel message, when it is one.
+pub(crate) fn split_event(bytes: &[u8]) -> Option<&[u8]> {
+    bytes.strip_prefix(b"p")
 }
 
 #[cfg(test)]
