@@ -8,6 +8,7 @@
 
 mod cli;
 mod frame;
+mod handover;
 mod procfs;
 mod publisher;
 mod reader;

@@ -57,11 +57,13 @@ enum End {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Socket) -> Self {
+    /// A connection whose first bytes (read while it subscribed) are
+    /// `carry`.
+    pub(crate) fn with_carry(stream: Socket, carry: Vec<u8>) -> Self {
         Conn {
             stream,
             closing: false,
-            carry: Vec::new(),
+            carry,
             message: None,
             outbox: Vec::new(),
         }
@@ -470,7 +472,7 @@ mod tests {
         // A small buffer, so that frames span reads and the buffer grows.
         let mut reader = Reader::new(
             poll,
-            vec![Some(Conn::new(socket))],
+            vec![Some(Conn::with_carry(socket, Vec::new()))],
             0,
             codec,
             progress.clone(),

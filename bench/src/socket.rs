@@ -11,7 +11,6 @@ use mio::{Interest, Registry, Token};
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::tls::TlsSocket;
-use crate::ws::Ws;
 
 /// A subscriber connection's socket.
 #[derive(Debug)]
@@ -26,14 +25,14 @@ impl Socket {
     /// The socket under a subscribed connection, nonblocking, for mio, with
     /// its TLS session if it has one. The caller makes sure that tungstenite
     /// holds no unread frame.
-    pub(crate) fn take(ws: Ws) -> Result<Socket, String> {
+    pub(crate) fn take(stream: MaybeTlsStream<tokio::net::TcpStream>) -> Result<Socket, String> {
         let into_mio = |tcp: tokio::net::TcpStream| {
             tcp.into_std()
                 // tokio hands it over nonblocking, as mio needs it.
                 .map(TcpStream::from_std)
                 .map_err(|e| format!("cannot take the socket: {e}"))
         };
-        match ws.into_inner() {
+        match stream {
             MaybeTlsStream::Plain(tcp) => Ok(Socket::Plain(into_mio(tcp)?)),
             MaybeTlsStream::Rustls(tls) => {
                 let (tcp, session) = tls.into_inner();

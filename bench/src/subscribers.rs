@@ -34,6 +34,7 @@ use futures_util::{StreamExt, stream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use starling_protocol::{Codec, Limits};
 
+use crate::handover;
 use crate::publisher::Progress;
 use crate::reader::{Conn, Reader, WAKER};
 use crate::socket::Socket;
@@ -289,17 +290,18 @@ async fn connect_all(plan: &SubscriberPlan, registry: &Registry) -> (Ready, Vec<
     let mut connecting = stream::iter(plan.per_connection.iter().enumerate())
         .map(|(i, topic_ixs)| async move {
             let url = &plan.urls[i % plan.urls.len()];
-            let (mut ws, limits) = ws::connect(&plan.dialer, url, plan.codec, config).await?;
+            let (ws, limits) = ws::connect(&plan.dialer, url, plan.codec, config).await?;
             let names: Vec<&str> = topic_ixs.iter().map(|&i| plan.topics[i].as_str()).collect();
-            // Reads the answer to every subscribe: only then is the socket taken.
-            let subscribed = ws::subscribe(&mut ws, plan.codec, &names).await?;
-            let socket = Socket::take(ws)?;
+            // Taken after `welcome`, before anything else can arrive.
+            let mut stream = ws.into_inner();
+            let (subscribed, carry) = handover::subscribe(&mut stream, plan.codec, &names).await?;
+            let socket = Socket::take(stream)?;
             let acked: Vec<usize> = subscribed.acked.iter().map(|&k| topic_ixs[k]).collect();
-            Ok::<_, String>((socket, limits, acked, subscribed.refused))
+            Ok::<_, String>((socket, carry, limits, acked, subscribed.refused))
         })
         .buffer_unordered(plan.concurrency.max(1));
     while let Some(result) = connecting.next().await {
-        let (mut socket, limits, acked, refused) = match result {
+        let (mut socket, carry, limits, acked, refused) = match result {
             Ok(subscribed) => subscribed,
             Err(reason) => {
                 ready.failures.add(reason);
@@ -313,7 +315,7 @@ async fn connect_all(plan: &SubscriberPlan, registry: &Registry) -> (Ready, Vec<
             ready.failures.add(format!("cannot poll the socket: {e}"));
             continue;
         }
-        conns.push(Some(Conn::new(socket)));
+        conns.push(Some(Conn::with_carry(socket, carry)));
         ready.connected += 1;
         ready.subscriptions += acked.len() as u64;
         for topic in acked {

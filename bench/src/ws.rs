@@ -307,6 +307,27 @@ pub(crate) struct Subscribed {
     pub(crate) refused: Vec<String>,
 }
 
+impl Subscribed {
+    /// Takes `envelope` if it answers one of `topics` subscribes (ids 1 to
+    /// `topics`); returns whether it did.
+    pub(crate) fn answer(&mut self, envelope: Envelope, topics: usize) -> bool {
+        let ours = |id: u64| id >= 1 && id as usize <= topics;
+        match envelope {
+            Envelope::Ack { id, .. } if ours(id) => self.acked.push(id as usize - 1),
+            Envelope::Error {
+                id: Some(id), code, ..
+            } if ours(id) => self.refused.push(code.to_string()),
+            _ => return false,
+        }
+        true
+    }
+
+    /// How many subscribes are answered.
+    pub(crate) fn count(&self) -> usize {
+        self.acked.len() + self.refused.len()
+    }
+}
+
 /// Subscribes to each of `topics` (with ids 1, 2, ...) and waits for every
 /// answer.
 pub(crate) async fn subscribe(
@@ -347,21 +368,8 @@ pub(crate) async fn subscribe(
                 close_code(frame.as_ref())
             ));
         }
-        let Some(Ok(envelope)) = data(&message).map(|b| codec.decode_bytes(b)) else {
-            continue;
-        };
-        match envelope {
-            Envelope::Ack { id, .. } if id >= 1 && id as usize <= topics.len() => {
-                out.acked.push(id as usize - 1);
-                answered += 1;
-            }
-            Envelope::Error {
-                id: Some(id), code, ..
-            } if id >= 1 && id as usize <= topics.len() => {
-                out.refused.push(code.to_string());
-                answered += 1;
-            }
-            _ => {}
+        if let Some(Ok(envelope)) = data(&message).map(|b| codec.decode_bytes(b)) {
+            answered += usize::from(out.answer(envelope, topics.len()));
         }
     }
     Ok(out)
