@@ -305,6 +305,15 @@ impl Auth {
     pub(crate) fn expires_at(&self) -> Option<Instant> {
         self.identity().and_then(|identity| identity.expires_at)
     }
+
+    /// Whether a subscription to `filter` is allowed: auth is off, or the
+    /// token's subscribe filters cover it.
+    pub(crate) fn may_subscribe(&self, filter: &Filter) -> bool {
+        self.is_off()
+            || self
+                .identity()
+                .is_some_and(|identity| identity.permissions.may_subscribe(filter))
+    }
 }
 
 /// Who a connection is and what it may do.

@@ -1,6 +1,8 @@
 //! The `starling` command line: with no subcommand the broker serves with
 //! the [`Config`] its flags give; `starling token` prints a signed token.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -19,6 +21,12 @@ pub struct Cli {
     #[command(flatten)]
     pub config: Config,
 
+    /// Read settings from this TOML file, keyed by their flag names
+    /// (`max-message-bytes = 65536`, `presence = ["chat."]`). A flag or an
+    /// environment variable overrides the file.
+    #[arg(long = "config", env = "STARLING_CONFIG", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// A subcommand instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -34,6 +42,23 @@ pub enum Command {
     /// --subscribe '$sys.stats' --publish 'chat.>'`: the token, and nothing
     /// else, is printed on one line.
     Token(TokenArgs),
+
+    /// Works with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `starling config ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigCommand {
+    /// Checks a configuration file without starting: prints the effective
+    /// configuration (the file under the environment), each setting with
+    /// where it came from, or the first error with its line. Exits 0 when
+    /// the broker would start with it, 2 otherwise.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[cfg(test)]

@@ -95,6 +95,14 @@ impl Delivery {
         }
     }
 
+    /// The type of the frame it is sent as: `message`, or the event's
+    /// (`join`, `leave`).
+    pub(crate) fn kind(&self) -> &'static str {
+        self.event
+            .as_ref()
+            .map_or("message", |event| event.type_name())
+    }
+
     /// The `message` frame in `codec` as WebSocket frame bytes, encoded on
     /// first use. `None` when the payload cannot be expressed in that codec.
     pub fn wire(&self, codec: Codec) -> Option<&[u8]> {

@@ -72,7 +72,7 @@ impl HistoryPolicy {
     }
 }
 
-pub(crate) use recovery::{Excerpt, PAGE_BYTES, Position, Recovery, Replay, Resume};
+pub(crate) use recovery::{Excerpt, PAGE_BYTES, Position, Recovery, Replay, Resume, replayed};
 
 /// One topic's retained messages.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! The HTTP API on the broker's port: the router and its handlers.
 //!
-//! `/healthz`, `/metrics`, `POST /api/publish`, `GET /api/history`, the
+//! `/healthz`, `/metrics`, `POST /api/publish`, `GET /api/history`, `GET
+//! /sse` ([`crate::sse`]), the
 //! demo's files, and `/ws`
 //! for the upgrades that reach hyper rather than the first-request path of
 //! [`crate::handshake`] (which admits them through the same function).
@@ -26,49 +27,14 @@ use crate::assets;
 use crate::broker::{Broker, PublishError};
 use crate::handshake::{self, Refusal};
 use crate::history::{Position, Resume};
+use crate::http_reply::{
+    error_response, http_error, json_response, protocol_error, store_unavailable,
+};
 use crate::metrics::Source;
 use crate::prefixed::Prefixed;
 use crate::rate::{RateLimiter, Verdict};
-use crate::relay::StoreUnavailable;
+use crate::sse;
 use crate::sync::lock;
-
-/// A JSON answer with a status.
-fn json_response(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
-/// An HTTP error with the body `{"code": "...", "message": "..."}`.
-fn error_response(status: StatusCode, body: ErrorBody) -> Response {
-    json_response(status, body.to_json())
-}
-
-fn protocol_error(broker: &Broker, code: ErrorCode, message: impl Into<String>) -> Response {
-    broker.metrics().error(code);
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    error_response(status, ErrorBody::new(code, message))
-}
-
-/// The history store did not answer: 503, code `internal`; the request may
-/// be tried again.
-fn store_unavailable(broker: &Broker, error: &StoreUnavailable) -> Response {
-    broker.metrics().error(ErrorCode::Internal);
-    let body = ErrorBody::new(ErrorCode::Internal, error.to_string());
-    error_response(StatusCode::SERVICE_UNAVAILABLE, body)
-}
-
-/// An HTTP-only error, with the status of its code.
-pub(crate) fn http_error(code: HttpErrorCode, message: impl Into<String>) -> Response {
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    error_response(status, ErrorBody::http(code, message))
-}
 
 /// The router of every endpoint.
 pub(crate) fn router(broker: Broker) -> Router {
@@ -78,6 +44,7 @@ pub(crate) fn router(broker: Broker) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/publish", post(publish))
         .route("/api/history", get(history))
+        .route("/sse", get(sse::sse))
         .route("/", get(assets::index))
         .route("/{*path}", get(assets::asset))
         .method_not_allowed_fallback(|| async {

@@ -1,14 +1,16 @@
 //! The `starling` binary: parse the configuration, set up logging, serve;
 //! or, as `starling token`, print a signed token.
 
-use clap::Parser;
-use starling_broker::{Broker, Cli, Command, Config, LogFormat, TokenArgs};
+use std::path::Path;
+
+use starling_broker::{Broker, Cli, Command, Config, ConfigCommand, LogFormat, TokenArgs};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cli = Cli::parse();
+    let cli = Cli::load().unwrap_or_else(|error| error.exit());
     match cli.command {
         Some(Command::Token(args)) => token(&args),
+        Some(Command::Config(ConfigCommand::Check { file })) => check(&file),
         None => {
             let config = cli.config;
             config.runtime()?.block_on(run(config))
@@ -29,6 +31,21 @@ fn token(args: &TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(if error.is_usage() { 2 } else { 1 });
         }
     }
+}
+
+/// Prints the effective configuration of `file`, after checking that the
+/// broker would start with it (files it names, keys, rules); exits 2 when
+/// it would not.
+fn check(file: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let (config, effective) = Cli::check_file(file).unwrap_or_else(|error| error.exit());
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    if let Err(error) = runtime.block_on(async { Broker::new(config).map(drop) }) {
+        eprintln!("error: {}: {error}", file.display());
+        std::process::exit(2);
+    }
+    print!("{effective}");
+    eprintln!("{}: ok", file.display());
+    Ok(())
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {

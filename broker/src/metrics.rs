@@ -3,13 +3,15 @@
 //! Hot-path counts (messages and bytes delivered) are kept per connection and
 //! added here once per write batch, so a delivery costs no shared atomic.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use starling_protocol::{CloseCode, ErrorCode};
+
+use crate::process_metrics::ProcessCollector;
 
 /// The `code` label of error counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,10 +52,18 @@ impl Source {
     }
 }
 
+/// The `version` label of `starling_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+}
+
 /// The broker's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The `process_*` metrics, without the prefix.
+    process: Registry,
     pub(crate) connections: Gauge,
     pub(crate) connections_total: Counter,
     pub(crate) connections_refused: Counter,
@@ -66,6 +76,7 @@ pub struct Metrics {
     pub(crate) presence_members: Gauge,
     pub(crate) presence_sessions: Gauge,
     pub(crate) presence_events: Counter,
+    pub(crate) sse_streams: Gauge,
     pub(crate) presence_store_requests: Counter,
     pub(crate) presence_store_failures: Counter,
     published: Family<SourceLabel, Counter>,
@@ -112,6 +123,7 @@ impl Metrics {
             presence_members: Gauge::default(),
             presence_sessions: Gauge::default(),
             presence_events: Counter::default(),
+            sse_streams: Gauge::default(),
             presence_store_requests: Counter::default(),
             presence_store_failures: Counter::default(),
             published: Family::default(),
@@ -135,6 +147,7 @@ impl Metrics {
             // 50 µs to about 6.5 s.
             relay_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             registry: Registry::default(),
+            process: Registry::default(),
         };
         registry.register(
             "connections",
@@ -195,6 +208,11 @@ impl Metrics {
             "presence_events",
             "join and leave events delivered on this node (each once per topic, whatever its subscribers)",
             m.presence_events.clone(),
+        );
+        registry.register(
+            "sse_streams",
+            "Server-Sent Events streams open (GET /sse)",
+            m.sse_streams.clone(),
         );
         registry.register(
             "presence_store_requests",
@@ -297,7 +315,20 @@ impl Metrics {
             "Time from publish on the origin node to receipt on this node",
             m.relay_latency.clone(),
         );
-        Metrics { registry, ..m }
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The broker's version, as a label", build);
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
+        Metrics {
+            registry,
+            process,
+            ..m
+        }
     }
 
     /// Counts one published message.
@@ -334,8 +365,10 @@ impl Metrics {
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        let written = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &self.process))
+            .and_then(|()| text::encode_eof(&mut out));
+        written.expect("writing to a String cannot fail");
         out
     }
 }

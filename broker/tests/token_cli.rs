@@ -7,29 +7,16 @@ use std::process::Output;
 
 use starling_protocol::{Envelope, ErrorCode, Filter, Payload, Topic};
 use starling_tests::tokens::key_path;
-use starling_tests::{BINARY_WAIT, Client, RawWs};
-use tokio::process::Command;
-use tokio::time::timeout;
+use starling_tests::{Client, RawWs};
 
 mod common;
 
 const SECRET: &str = "a-development-secret-for-the-token-tests";
 
-/// Runs `starling ARGS` to its end, with `env` set and no `STARLING_JWT_*`
-/// variables of the caller's environment.
+/// Runs `starling ARGS` to its end, with `env` set.
 async fn starling(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_starling"));
-    command
-        .args(args)
-        .env_remove("STARLING_JWT_SECRET")
-        .env_remove("STARLING_JWT_PRIVATE_KEY")
-        .env_remove("STARLING_JWT_PUBLIC_KEY")
-        .envs(env.iter().copied())
-        .kill_on_drop(true);
-    timeout(BINARY_WAIT, command.output())
-        .await
-        .expect("starling exits in time")
-        .expect("starling runs")
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    common::run(&args, env).await
 }
 
 /// `starling token ARGS`: the token it printed, checked to be alone on its

@@ -77,6 +77,11 @@ impl Client {
         client
     }
 
+    /// The `welcome` the broker sent.
+    pub fn welcome(&self) -> &Envelope {
+        &self.welcome
+    }
+
     /// The codec in use.
     pub fn codec(&self) -> Codec {
         self.codec

@@ -19,6 +19,7 @@ pub mod presence;
 mod process;
 mod raw;
 pub mod redis;
+mod sse;
 mod tls;
 pub mod tokens;
 
@@ -32,6 +33,7 @@ pub use http::{
 };
 pub use process::{raise_fd_limit, worker_panics};
 pub use raw::{RawFrame, RawHttpAnswer, RawWs};
+pub use sse::{SseEvent, SseStream};
 pub use tls::TestCerts;
 pub use tokio_tungstenite::tungstenite;
 

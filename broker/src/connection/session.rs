@@ -379,11 +379,7 @@ impl<const ECHO: bool> Session<ECHO> {
     /// Whether the connection may subscribe to `filter`; when not, says so
     /// to the client (an `error` answering `id`).
     pub(super) fn may_subscribe(&mut self, id: Option<u64>, filter: &Filter) -> bool {
-        let allowed = self.auth.is_off()
-            || self
-                .auth
-                .identity()
-                .is_some_and(|identity| identity.permissions.may_subscribe(filter));
+        let allowed = self.auth.may_subscribe(filter);
         if !allowed {
             let message = format!("this token may not subscribe to {filter}");
             self.send_error(id, ErrorCode::Unauthorized, message);

@@ -19,7 +19,7 @@ use starling_protocol::{Codec, Envelope, Filter};
 
 use crate::connection::outbox::{OUT_INITIAL, Outbox};
 use crate::delivery::{Delivery, write_protocol_frame};
-use crate::history::{Position, Replay};
+use crate::history::{Position, Replay, replayed};
 use crate::presence;
 use crate::registry::DeliveryReceiver;
 use crate::ring::Missed;
@@ -312,13 +312,16 @@ impl Subscriptions {
     }
 }
 
-/// Whether a live `delivery` was replayed already: it is in the replay's
-/// epoch, at or before its end.
-fn replayed(live_after: &Option<Position>, delivery: &Delivery) -> bool {
-    live_after.as_ref().is_some_and(|end| {
-        delivery.epoch.as_ref() == Some(&end.epoch)
-            && delivery.offset.is_some_and(|offset| offset <= end.offset)
-    })
+/// Queues a `lagged` notice for `filter`.
+fn write_lagged(out: &mut Outbox, codec: Codec, filter: &Filter, missed: u64) {
+    let lagged = Envelope::Lagged {
+        topic: filter.clone(),
+        missed: Some(missed),
+        reset: false,
+    };
+    if let Ok(frame) = codec.encode(&lagged) {
+        write_protocol_frame(&mut out.buf, &frame);
+    }
 }
 
 /// Copies a delivery's frame into the outbox; breaks once the outbox holds
@@ -333,17 +336,5 @@ fn copy(delivery: &Delivery, out: &mut Outbox, codec: Codec, bound: usize) -> Co
         ControlFlow::Break(())
     } else {
         ControlFlow::Continue(())
-    }
-}
-
-/// Queues a `lagged` notice for `filter`.
-fn write_lagged(out: &mut Outbox, codec: Codec, filter: &Filter, missed: u64) {
-    let lagged = Envelope::Lagged {
-        topic: filter.clone(),
-        missed: Some(missed),
-        reset: false,
-    };
-    if let Ok(frame) = codec.encode(&lagged) {
-        write_protocol_frame(&mut out.buf, &frame);
     }
 }

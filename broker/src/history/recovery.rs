@@ -53,6 +53,15 @@ pub(crate) struct Recovery {
     pub(crate) live_after: Option<Position>,
 }
 
+/// Whether a live `delivery` was replayed already: it is in the replay's
+/// epoch, at or before its end.
+pub(crate) fn replayed(live_after: &Option<Position>, delivery: &Delivery) -> bool {
+    live_after.as_ref().is_some_and(|end| {
+        delivery.epoch.as_ref() == Some(&end.epoch)
+            && delivery.offset.is_some_and(|offset| offset <= end.offset)
+    })
+}
+
 /// What a subscriber with `since` gets before live messages: the topic's
 /// messages from offset `next` to `until` (the last one published before
 /// the subscription began), read from the history as they are sent.
