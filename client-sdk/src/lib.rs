@@ -141,3 +141,13 @@ mod tests {
         send::<Events>();
     }
 }
+
+/// The Rust snippets of the workspace README, compiled by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;
+
+/// The Rust snippets of this crate's README, compiled by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadme;
