@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use starling_protocol::Limits;
 
+use crate::proxy::TrustedNet;
+
 /// What happens to a subscriber that falls behind by more than its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SlowConsumerPolicy {
@@ -303,6 +305,19 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// Peers that are reverse proxies (an address or a CIDR network; repeat
+    /// the flag or separate with commas): from them, the client's address
+    /// is taken from `X-Forwarded-For` (for logs) and its scheme from
+    /// `X-Forwarded-Proto` (for the same-origin check). Nobody else's
+    /// headers are believed.
+    #[arg(
+        long = "trusted-proxy",
+        env = "STARLING_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub trusted_proxies: Vec<TrustedNet>,
 
     /// Every `/api/...` request must carry `Authorization: Bearer KEY`.
     #[arg(long, env = "STARLING_API_KEY", hide_env_values = true)]

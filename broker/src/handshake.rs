@@ -23,7 +23,7 @@
 //! and the connection task is spawned by [`Admitted::start`].
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
@@ -38,6 +38,7 @@ use tracing::debug;
 use crate::auth::Auth;
 use crate::broker::{Admission, Broker};
 use crate::connection::{ConnCtx, run_connection};
+use crate::proxy;
 use crate::stream::Stream;
 
 /// Largest request head read here; a longer one goes to hyper.
@@ -157,6 +158,7 @@ pub(crate) struct Admitted {
     /// The `Sec-WebSocket-Accept` value.
     accept: String,
     peer: SocketAddr,
+    client: IpAddr,
     auth: Auth,
 }
 
@@ -187,10 +189,13 @@ pub(crate) fn admit(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(Refusal::MissingKey);
     };
+    let client = proxy::client(peer.ip(), headers, &broker.config().trusted_proxies);
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !broker.origins().allows(&origin, host, broker.serves_tls()) {
+        // Behind a trusted proxy that ended TLS, the page's origin is https.
+        let tls = client.tls.unwrap_or(broker.serves_tls());
+        if !broker.origins().allows(&origin, host, tls) {
             return Err(Refusal::ForbiddenOrigin(origin.into_owned()));
         }
     }
@@ -219,6 +224,7 @@ pub(crate) fn admit(
         echo_subprotocol,
         accept: derive_accept_key(key.as_bytes()),
         peer,
+        client: client.ip,
         auth,
     })
 }
@@ -273,6 +279,7 @@ impl Admitted {
             admission: self.admission,
             codec: self.codec,
             peer: self.peer,
+            client: self.client,
             auth: self.auth,
         };
         // A task of its own, holding only what the connection needs.

@@ -15,6 +15,7 @@ mod broker;
 mod client;
 mod delay;
 mod http;
+mod nginx;
 pub mod presence;
 mod process;
 mod raw;
@@ -31,6 +32,7 @@ pub use http::{
     HttpAnswer, assert_history_pages_are_bounded_in_bytes, http_get, http_post, http_request,
     http_request_with, json_field, json_str, metric, parse_json, wait_for_metric,
 };
+pub use nginx::Nginx;
 pub use process::{raise_fd_limit, worker_panics};
 pub use raw::{RawFrame, RawHttpAnswer, RawWs};
 pub use sse::{SseEvent, SseStream};

@@ -23,7 +23,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -67,6 +67,9 @@ pub(crate) struct ConnCtx {
     pub(crate) admission: Admission,
     pub(crate) codec: Codec,
     pub(crate) peer: SocketAddr,
+    /// The client's address: the peer's, or behind a trusted proxy the one
+    /// it forwarded.
+    pub(crate) client: IpAddr,
     pub(crate) auth: Auth,
 }
 
@@ -371,6 +374,7 @@ pub(crate) fn run_connection<const ECHO: bool>(
         admission,
         codec,
         peer,
+        client,
         auth,
     } = ctx;
     let id = admission.id;
@@ -383,10 +387,12 @@ pub(crate) fn run_connection<const ECHO: bool>(
     };
     match (auth.identity(), auth.refusal()) {
         (Some(identity), _) => {
-            info!(conn_id = %id, %peer, codec = ?codec, sub = %identity.sub, "connected");
+            info!(conn_id = %id, %client, %peer, codec = ?codec, sub = %identity.sub, "connected");
         }
-        (None, Some(error)) => info!(conn_id = %id, %peer, %error, "refused: unauthorized"),
-        (None, None) => info!(conn_id = %id, %peer, codec = ?codec, "connected"),
+        (None, Some(error)) => {
+            info!(conn_id = %id, %client, %peer, %error, "refused: unauthorized")
+        }
+        (None, None) => info!(conn_id = %id, %client, %peer, codec = ?codec, "connected"),
     }
     let mut reader = FrameReader::default();
     reader.buffer().extend_from_slice(&read);
@@ -427,6 +433,7 @@ mod tests {
             broker,
             codec: Codec::Json,
             peer,
+            client: peer.ip(),
             auth: Auth::OFF,
         };
         let task = run_connection::<false>(Stream::Plain(server), Bytes::new(), ctx);
